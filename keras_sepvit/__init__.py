@@ -1,0 +1,26 @@
+"""keras_sepvit: SepViT (Separable Vision Transformer) for Keras 3."""
+
+from keras_sepvit.convert import load_official_weights
+from keras_sepvit.layers import (
+    DropPath,
+    GroupedSelfAttention,
+    PositionEncoding,
+    SeparableSelfAttention,
+    SepViTBlock,
+    WindowMerge,
+    WindowPartition,
+    WindowTokens,
+)
+from keras_sepvit.model import (
+    MODEL_CONFIGS,
+    SepViT,
+    SepViTBase,
+    SepViTLite,
+    SepViTSmall,
+    SepViTTiny,
+    feature_pyramid,
+    normalize_images,
+    preprocess_input,
+)
+
+__version__ = "0.1.0"
