@@ -235,9 +235,10 @@ class SeparableSelfAttention(keras.layers.Layer):
         window_representation: str. "token", "avg_pool" or "dw_conv": how PWA
             summarises a window (Table 7). Defaults to "token".
         window_size: int or None. Window side, needed only for "dw_conv".
-        key_mask: whether `call` takes a `mask` of valid pixels
-            `(nW, P)` (1 = real pixel, 0 = padding) to exclude padded keys from
-            DWA and padded values from PWA.
+
+    `call(tokens, valid_pixels=None)`: `valid_pixels` `(nW, P)` marks real
+    pixels (1) and padding (0); padded keys are left out of DWA and padded
+    values out of PWA.
     """
 
     def __init__(
@@ -306,7 +307,7 @@ class SeparableSelfAttention(keras.layers.Layer):
         weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
         return ops.matmul(weights, v)
 
-    def call(self, tokens, mask=None):
+    def call(self, tokens, valid_pixels=None):
         batch = ops.shape(tokens)[0]
         num_windows = _static_or_dynamic(tokens, 1)
         num_tokens = _static_or_dynamic(tokens, 2)
@@ -320,8 +321,8 @@ class SeparableSelfAttention(keras.layers.Layer):
         qkv = ops.transpose(qkv, (0, 2, 1, 3))  # (B*nW, 3h, T, d)
         q, k, v = qkv[:, :heads], qkv[:, heads : 2 * heads], qkv[:, 2 * heads :]
         bias = None
-        if mask is not None:
-            key_valid = ops.cast(mask, "float32")  # (nW, P)
+        if valid_pixels is not None:
+            key_valid = ops.cast(valid_pixels, "float32")  # (nW, P)
             if has_token:
                 key_valid = ops.pad(key_valid, [[0, 0], [1, 0]], constant_values=1.0)
             bias = ops.tile((1.0 - key_valid) * _MASK_VALUE, (batch, 1))  # (B*nW, T)
@@ -332,23 +333,23 @@ class SeparableSelfAttention(keras.layers.Layer):
         out = out + tokens  # the reference's shortcut around DWA
 
         if self.pointwise:
-            out = self._pointwise(out, mask, has_token)
+            out = self._pointwise(out, valid_pixels, has_token)
         return self.proj(out)
 
-    def _pointwise(self, out, mask, has_token):
+    def _pointwise(self, out, valid_pixels, has_token):
         batch = ops.shape(out)[0]
         num_windows = _static_or_dynamic(out, 1)
         channels = out.shape[-1]
         heads, head_dim = self.num_heads, self.head_dim
         pixels = out[:, :, 1:, :] if has_token else out  # (B, nW, P, C)
         num_pixels = _static_or_dynamic(pixels, 2)
-        if mask is not None:
-            valid = ops.cast(mask, pixels.dtype)[None, :, :, None]  # (1, nW, P, 1)
+        if valid_pixels is not None:
+            valid = ops.cast(valid_pixels, pixels.dtype)[None, :, :, None]  # (1, nW, P, 1)
             pixels = pixels * valid
         if has_token:
             summary = out[:, :, 0, :]  # (B, nW, C)
         elif self.window_representation == "avg_pool":
-            if mask is None:
+            if valid_pixels is None:
                 summary = ops.mean(pixels, axis=2)
             else:
                 summary = ops.sum(pixels, axis=2) / ops.sum(valid, axis=2)
@@ -365,12 +366,15 @@ class SeparableSelfAttention(keras.layers.Layer):
         v = ops.reshape(pixels, (batch, num_windows, num_pixels, heads, head_dim))
         v = ops.transpose(v, (0, 3, 1, 2, 4))  # (B, h, nW, P, d)
         v = ops.reshape(v, (batch, heads, num_windows, -1))  # (B, h, nW, P*d)
-        out = self._heads_attention(q, k, v) + v  # second shortcut; (B, h, nW, P*d)
+        if isinstance(num_windows, int) and num_windows == 1:
+            out = v + v  # softmax over one window is 1; same result, no size-1 softmax
+        else:
+            out = self._heads_attention(q, k, v) + v  # second shortcut; (B, h, nW, P*d)
         out = ops.reshape(out, (batch, heads, num_windows, num_pixels, head_dim))
         out = ops.transpose(out, (0, 2, 3, 1, 4))  # (B, nW, P, h, d)
         return ops.reshape(out, (batch, num_windows, num_pixels, channels))  # (B, nW, P, C)
 
-    def compute_output_shape(self, input_shape, mask_shape=None):
+    def compute_output_shape(self, input_shape, valid_pixels_shape=None):
         batch, windows, tokens, channels = input_shape
         if self.pointwise and self.window_representation == "token" and tokens is not None:
             tokens -= 1
@@ -554,10 +558,11 @@ class SepViTBlock(keras.layers.Layer):
         grid_h, grid_w = -(-height // ws), -(-width // ws)
         padded = not (isinstance(height, int) and isinstance(width, int))
         padded = padded or height % ws != 0 or width % ws != 0
-        mask = None
+        valid_pixels = None
         if padded:
             valid = ops.ones_like(y[:1, :, :, :1])  # (1, H, W, 1)
-            mask = ops.reshape(window_partition(pad_to_window(valid, ws), ws), (-1, ws * ws))
+            valid = window_partition(pad_to_window(valid, ws), ws)  # (1, nW, P, 1)
+            valid_pixels = ops.reshape(valid, (-1, ws * ws))  # (nW, P)
         windows = window_partition(pad_to_window(y, ws), ws)  # (B, nW, P, C)
         if self.window_tokens is not None:
             # norm1 acts per token, so normalising the tokens apart from the
@@ -565,7 +570,7 @@ class SepViTBlock(keras.layers.Layer):
             with_tokens = self.window_tokens(windows, grid_hw=(grid_h, grid_w))
             tokens = self.norm1(with_tokens[:, :, :1, :])
             windows = ops.concatenate([tokens, with_tokens[:, :, 1:, :]], axis=2)
-        out = self.attn(windows, mask=mask)  # (B, nW, P, C)
+        out = self.attn(windows, valid_pixels=valid_pixels)  # (B, nW, P, C)
         out = window_merge(out, ws, grid_h, grid_w)  # (B, Hp, Wp, C)
         if padded:
             out = out[:, :height, :width, :]
