@@ -24,3 +24,24 @@ from keras_sepvit.model import (
 )
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "MODEL_CONFIGS",
+    "DropPath",
+    "GroupedSelfAttention",
+    "PositionEncoding",
+    "SepViT",
+    "SepViTBase",
+    "SepViTBlock",
+    "SepViTLite",
+    "SepViTSmall",
+    "SepViTTiny",
+    "SeparableSelfAttention",
+    "WindowMerge",
+    "WindowPartition",
+    "WindowTokens",
+    "feature_pyramid",
+    "load_official_weights",
+    "normalize_images",
+    "preprocess_input",
+]

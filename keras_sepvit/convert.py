@@ -111,9 +111,7 @@ def read_state_dict(path):
                 break
         state = {k: v.detach().float().numpy() for k, v in state.items()}
     else:
-        raise ValueError(
-            f"Expected a `.npz`, `.pth` or `.pt` state dict. Received: path={path!r}"
-        )
+        raise ValueError(f"Expected a `.npz`, `.pth` or `.pt` state dict. Received: path={path!r}")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -145,8 +143,10 @@ def load_official_weights(model, weights):
         variable, transform = mapping[key]
         value = transform(np.asarray(state[key]))
         if tuple(value.shape) != tuple(variable.shape):
-            wrong_shape.append(f"{key}: file {tuple(np.shape(state[key]))} -> "
-                               f"{tuple(value.shape)}, model {tuple(variable.shape)}")
+            wrong_shape.append(
+                f"{key}: file {tuple(np.shape(state[key]))} -> "
+                f"{tuple(value.shape)}, model {tuple(variable.shape)}"
+            )
     if missing or unexpected or wrong_shape:
         parts = []
         if missing:
@@ -157,8 +157,7 @@ def load_official_weights(model, weights):
             parts.append(f"mismatched shapes {wrong_shape[:5]}")
         raise ValueError(
             f"The state dict does not fit {model.name} ({len(received)} tensors received, "
-            f"{len(expected)} expected; another variant or ablation setting?): "
-            + "; ".join(parts)
+            f"{len(expected)} expected; another variant or ablation setting?): " + "; ".join(parts)
         )
     for key, (variable, transform) in mapping.items():
         variable.assign(transform(np.asarray(state[key])).astype(variable.dtype))

@@ -61,7 +61,9 @@ def window_merge(windows, window_size, grid_h, grid_w):
     """(B, gh * gw, ws * ws, C) -> (B, gh * ws, gw * ws, C); inverse of partition."""
     channels = windows.shape[-1]
     batch = ops.shape(windows)[0]
-    x = ops.reshape(windows, (-1, grid_w, window_size, window_size, channels))  # (B*gh, gw, ws, ws, C)
+    x = ops.reshape(
+        windows, (-1, grid_w, window_size, window_size, channels)
+    )  # (B*gh, gw, ws, ws, C)
     x = ops.transpose(x, (0, 2, 1, 3, 4))  # (B*gh, ws, gw, ws, C)
     return ops.reshape(
         x, (batch, grid_h * window_size, grid_w * window_size, channels)
@@ -94,7 +96,7 @@ class WindowPartition(keras.layers.Layer):
 
     Example:
     >>> x = keras.ops.ones((2, 14, 21, 8))
-    >>> WindowPartition(7)(x).shape
+    >>> tuple(WindowPartition(7)(x).shape)
     (2, 6, 49, 8)
     """
 
@@ -113,9 +115,7 @@ class WindowPartition(keras.layers.Layer):
         batch, height, width, channels = input_shape
         num_windows = None
         if height is not None and width is not None:
-            num_windows = math.ceil(height / self.window_size) * math.ceil(
-                width / self.window_size
-            )
+            num_windows = math.ceil(height / self.window_size) * math.ceil(width / self.window_size)
         return (batch, num_windows, self.window_size**2, channels)
 
     def get_config(self):
@@ -203,6 +203,10 @@ class WindowTokens(keras.layers.Layer):
             tokens = ops.reshape(grid, (1, -1, 1, channels))  # (1, nW, 1, C)
         tokens = ops.broadcast_to(tokens, (batch, num_windows, 1, channels))
         return ops.concatenate([tokens, windows], axis=2)  # (B, nW, 1 + P, C)
+
+    def compute_output_shape(self, input_shape, grid_hw=None):
+        batch, windows, pixels, channels = input_shape
+        return (batch, windows, None if pixels is None else pixels + 1, channels)
 
     def get_config(self):
         return {**super().get_config(), "grid": self.grid, "learnable": self.learnable}

@@ -53,9 +53,7 @@ def count_macs(model, input_shape=None):
 
     shape = tuple(input_shape or model.input_shape[1:])
     if any(d is None for d in shape):
-        raise ValueError(
-            f"count_macs needs a static input shape. Received: input_shape={shape}"
-        )
+        raise ValueError(f"count_macs needs a static input shape. Received: input_shape={shape}")
     fn = tf.function(lambda x: model(x, training=False))
     graph = fn.get_concrete_function(tf.TensorSpec((1,) + shape, tf.float32)).graph
     total = 0

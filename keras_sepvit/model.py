@@ -5,9 +5,8 @@ https://arxiv.org/abs/2203.15380 (Table 1), and the authors' classification
 code (github liwei109/SepViT), whose weights `load_official_weights` reads.
 """
 
-import numpy as np
-
 import keras
+import numpy as np
 from keras import layers
 
 from keras_sepvit.layers import PositionEncoding, SepViTBlock
@@ -129,9 +128,7 @@ def _validate_input_shape(input_shape, include_preprocessing, name):
         )
     height, width, channels = input_shape
     if channels is None or channels < 1:
-        raise ValueError(
-            f"{name} needs a known channel count. Received: input_shape={input_shape}"
-        )
+        raise ValueError(f"{name} needs a known channel count. Received: input_shape={input_shape}")
     if include_preprocessing and channels != 3:
         raise ValueError(
             f"{name} with `include_preprocessing=True` takes RGB images (3 channels). "
@@ -188,9 +185,7 @@ def SepViT(
                 f"Received: window_sizes={window_sizes}"
             )
     if pooling not in (None, "avg", "max"):
-        raise ValueError(
-            f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}"
-        )
+        raise ValueError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
     if include_top and (not isinstance(classes, int) or classes < 1):
         raise ValueError(f"`classes` must be a positive int. Received: classes={classes}")
     if weights is not None:
@@ -247,7 +242,10 @@ def SepViT(
     x = layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+        # float32 head: logits/probabilities stay stable under mixed precision.
+        x = layers.Dense(
+            classes, activation=classifier_activation, name="predictions", dtype="float32"
+        )(x)
     elif pooling == "avg":
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":
@@ -422,4 +420,4 @@ def feature_pyramid(backbone):
             "`feature_pyramid` needs a model built by keras_sepvit (layers "
             f"'stage1_output'..'stage4_output'). Received: model {backbone.name!r}"
         ) from err
-    return keras.Model(backbone.inputs, outputs, name=f"{backbone.name}_pyramid")
+    return keras.Model(backbone.input, outputs, name=f"{backbone.name}_pyramid")

@@ -1,0 +1,36 @@
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from keras_sepvit.parity import IO_FILE, WEIGHTS_FILE, default_reference_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def reference_dir():
+    """The authors' reference vectors (shared/reference beside the repository)."""
+    directory = default_reference_dir()
+    if not os.path.exists(os.path.join(directory, WEIGHTS_FILE)):
+        message = (
+            f"reference files not found in {directory!r}; set KERAS_SEPVIT_REFERENCE to the "
+            f"folder holding {WEIGHTS_FILE} and {IO_FILE}"
+        )
+        if os.environ.get("KERAS_SEPVIT_REQUIRE_REFERENCE"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def reference_weights(reference_dir):
+    return os.path.join(reference_dir, WEIGHTS_FILE)
+
+
+@pytest.fixture(scope="session")
+def reference_io(reference_dir):
+    import numpy as np
+
+    with np.load(os.path.join(reference_dir, IO_FILE)) as data:
+        return {k: data[k] for k in data.files}
