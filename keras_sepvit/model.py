@@ -273,6 +273,8 @@ def _check_weights_path(weights):
 
 
 def _load_weights(model, path):
+    import warnings
+
     path = str(path)
     try:
         if path.endswith(".keras"):
@@ -289,7 +291,14 @@ def _load_weights(model, path):
                 )
             model.set_weights(source.get_weights())
         else:
-            model.load_weights(path)
+            # Keras only warns when parts of a file do not match; a partial
+            # load must not pass silently, so those warnings become an error.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.load_weights(path)
+            skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
+            if skipped:
+                raise ValueError(f"{len(skipped)} parts did not match, first: {skipped[0]}")
     except ValueError as err:
         raise ValueError(
             f"The weights in {path!r} do not fit {model.name} (another variant, "
