@@ -1,0 +1,283 @@
+"""Input pipelines for training and evaluation (tf.data; TensorFlow only).
+
+Sources: any `tensorflow-datasets` name (ImageNet-1K is `imagenet2012`, which
+needs the manual download), or a folder of images laid out as
+`root/<split>/<class>/*.jpg`. Training augmentation follows the DeiT/PVT
+recipe the paper trains with: random resized crop + flip, RandAugment, random
+erasing, then Mixup/CutMix on batches; evaluation resizes to 256 and centre
+crops 224 (crop fraction 0.875).
+"""
+
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+class Split:
+    """A split of a dataset: `(image uint8 HxWx3, label int)` pairs and facts about them."""
+
+    def __init__(self, dataset, num_examples, class_names):
+        self.dataset = dataset
+        self.num_examples = num_examples
+        self.class_names = list(class_names)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+
+def _folder_split(root, split, class_names=None):
+    directory = os.path.join(root, split)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"No folder {directory!r}: an image folder dataset is laid out as "
+            f"root/<split>/<class>/*.jpg. Received: root={root!r}, split={split!r}"
+        )
+    found = sorted(
+        d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d))
+    )
+    class_names = class_names or found
+    unknown = sorted(set(found) - set(class_names))
+    if unknown:
+        raise ValueError(
+            f"Classes {unknown[:5]} in {directory!r} are not among the training classes "
+            f"{class_names[:5]}..."
+        )
+    paths, labels = [], []
+    for index, name in enumerate(class_names):
+        class_dir = os.path.join(directory, name)
+        if not os.path.isdir(class_dir):
+            continue
+        for file in sorted(os.listdir(class_dir)):
+            if file.lower().endswith(IMAGE_EXTENSIONS):
+                paths.append(os.path.join(class_dir, file))
+                labels.append(index)
+    if not paths:
+        raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {directory!r}")
+
+    def decode(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return image, label
+
+    ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, "int64")))
+    return Split(ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE), len(paths), class_names)
+
+
+def _check_imagenet_manual_dir(manual_dir):
+    missing = [t for t in IMAGENET_TARS if not os.path.exists(os.path.join(manual_dir or "", t))]
+    if manual_dir is None or missing:
+        raise FileNotFoundError(
+            "imagenet2012 cannot be downloaded: put the two archives "
+            f"{' and '.join(IMAGENET_TARS)} from image-net.org in one folder and pass it "
+            f"as --manual-dir. Missing: {missing} in manual_dir={manual_dir!r}"
+        )
+
+
+def load_split(source, split, data_dir=None, manual_dir=None, class_names=None):
+    """Loads one split from a tfds name or an image folder.
+
+    Args:
+        source: a `tensorflow-datasets` name ("imagenet2012", "cifar10", ...) or
+            the root of a `root/<split>/<class>/*.jpg` folder.
+        split: split name ("train", "validation", "train[:90%]", ...).
+        data_dir: tfds data directory.
+        manual_dir: folder with manually downloaded archives (imagenet2012).
+        class_names: for folders, the training split's class order.
+
+    Returns:
+        A `Split`.
+    """
+    if os.path.isdir(source):
+        return _folder_split(source, split, class_names)
+    import tensorflow_datasets as tfds
+
+    if source.startswith("imagenet2012") and not os.path.isdir(
+        os.path.join(data_dir or os.path.expanduser("~/tensorflow_datasets"), source)
+    ):
+        _check_imagenet_manual_dir(manual_dir)
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    builder = tfds.builder(source, data_dir=data_dir)
+    builder.download_and_prepare(download_config=download_config)
+    info = builder.info
+    ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=True)
+    num_examples = info.splits[split].num_examples
+    names = info.features["label"].names
+
+    def to_rgb(image, label):
+        image = tf.cond(
+            tf.shape(image)[-1] == 1, lambda: tf.image.grayscale_to_rgb(image), lambda: image
+        )
+        return image, label
+
+    return Split(ds.map(to_rgb, num_parallel_calls=tf.data.AUTOTUNE), num_examples, names)
+
+
+def random_resized_crop(image, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """Inception-style crop of a random area/aspect, resized to `size` x `size`."""
+    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=(1, 1, 4)),
+        min_object_covered=0.0,
+        aspect_ratio_range=ratio,
+        area_range=scale,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.slice(image, begin, crop_size)
+    return tf.image.resize(image, (size, size), method="bicubic", antialias=True)
+
+
+def center_crop(image, size, crop_fraction=0.875):
+    """Resize the short side to size / crop_fraction (256 for 224), crop the centre."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = (size / crop_fraction) / tf.reduce_min(shape)
+    new = tf.cast(tf.round(shape * scale), tf.int32)
+    image = tf.image.resize(image, new, method="bicubic", antialias=True)
+    top = (new[0] - size) // 2
+    left = (new[1] - size) // 2
+    return tf.image.crop_to_bounding_box(image, top, left, size, size)
+
+
+def _beta(alpha, seed_shape=()):
+    a = tf.random.gamma(seed_shape, alpha)
+    b = tf.random.gamma(seed_shape, alpha)
+    return a / (a + b)
+
+
+def mix_batch(images, labels, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5):
+    """Mixup or CutMix (one per batch, chosen with `switch_prob` for CutMix).
+
+    `images` (B, H, W, C) float, `labels` (B, K) one-hot/soft. The batch is
+    mixed with its reverse, as in timm's `Mixup(mode="batch")`.
+    """
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return images, labels
+    use_cutmix = cutmix_alpha > 0 and (
+        mixup_alpha <= 0 or tf.random.uniform(()) < switch_prob
+    )
+    flipped_images = tf.reverse(images, axis=[0])
+    flipped_labels = tf.reverse(labels, axis=[0])
+
+    def cutmix():
+        lam = _beta(cutmix_alpha)
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+        cut = tf.sqrt(1.0 - lam)
+        cut_h = tf.cast(tf.cast(height, tf.float32) * cut, tf.int32)
+        cut_w = tf.cast(tf.cast(width, tf.float32) * cut, tf.int32)
+        cy = tf.random.uniform((), 0, height, dtype=tf.int32)
+        cx = tf.random.uniform((), 0, width, dtype=tf.int32)
+        y0, y1 = tf.maximum(cy - cut_h // 2, 0), tf.minimum(cy + cut_h // 2, height)
+        x0, x1 = tf.maximum(cx - cut_w // 2, 0), tf.minimum(cx + cut_w // 2, width)
+        rows = tf.range(height)[:, None]
+        cols = tf.range(width)[None, :]
+        box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+        box = tf.cast(box, images.dtype)[None, :, :, None]
+        mixed = images * (1.0 - box) + flipped_images * box
+        area = tf.cast((y1 - y0) * (x1 - x0), tf.float32)
+        lam_adj = 1.0 - area / tf.cast(height * width, tf.float32)  # the true kept area
+        return mixed, labels * lam_adj + flipped_labels * (1.0 - lam_adj)
+
+    def mixup():
+        lam = _beta(mixup_alpha)
+        mixed = images * lam + flipped_images * (1.0 - lam)
+        return mixed, labels * lam + flipped_labels * (1.0 - lam)
+
+    if isinstance(use_cutmix, bool):
+        return cutmix() if use_cutmix else mixup()
+    return tf.cond(use_cutmix, cutmix, mixup)
+
+
+def make_dataset(
+    split,
+    training,
+    batch_size,
+    image_size=224,
+    randaugment=(2, 9),
+    random_erasing=0.25,
+    mixup_alpha=0.8,
+    cutmix_alpha=1.0,
+    crop_scale=(0.08, 1.0),
+    crop_fraction=0.875,
+    flip=True,
+    shuffle_buffer=10_000,
+    seed=None,
+    repeat=False,
+    drop_remainder=None,
+):
+    """Batches of `(images float32 [0, 255] (B, S, S, 3), labels (B, K))`.
+
+    Training: random resized crop + flip, RandAugment (`(num_ops, magnitude)`
+    on timm's 0-10 scale, or None), random erasing (probability), then
+    Mixup/CutMix. Evaluation: resize 256 / centre crop 224 (`crop_fraction`
+    0.875, scaled to `image_size`). Labels are one-hot (soft after mixing). The model
+    normalises inside, so images stay in [0, 255].
+    """
+    import keras
+
+    num_classes = split.num_classes
+    ds = split.dataset
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    augment = None
+    if training and randaugment:
+        num_ops, magnitude = randaugment
+        augment = keras.layers.RandAugment(
+            value_range=(0, 255), num_ops=num_ops, factor=magnitude / 10.0, seed=seed
+        )
+    eraser = None
+    if training and random_erasing > 0:
+        eraser = keras.layers.RandomErasing(
+            # A (p, p) factor: erase with probability exactly p (a float samples in [0, p]).
+            factor=(random_erasing, random_erasing),
+            scale=(0.02, 1 / 3),
+            value_range=(0, 255),
+            seed=seed,
+        )
+
+    def prepare(image, label):
+        image = tf.cast(image, tf.float32)
+        if training:
+            image = random_resized_crop(image, image_size, scale=crop_scale)
+            if flip:
+                image = tf.image.random_flip_left_right(image)
+        else:
+            image = center_crop(image, image_size, crop_fraction)
+        image = tf.clip_by_value(image, 0.0, 255.0)
+        return image, tf.one_hot(label, num_classes)
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    if drop_remainder is None:
+        drop_remainder = training
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if augment is not None or eraser is not None:
+
+        def batch_augment(images, labels):
+            if augment is not None:
+                images = augment(images, training=True)
+            if eraser is not None:
+                images = eraser(images, training=True)
+            return tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0), labels
+
+        ds = ds.map(batch_augment, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and (mixup_alpha > 0 or cutmix_alpha > 0):
+        ds = ds.map(
+            lambda x, y: mix_batch(x, y, mixup_alpha, cutmix_alpha),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(num_examples, batch_size):
+    return max(1, num_examples // batch_size)
+
+
+def eval_steps(num_examples, batch_size):
+    return math.ceil(num_examples / batch_size)
