@@ -308,7 +308,13 @@ class SeparableSelfAttention(keras.layers.Layer):
         scores = ops.cast(scores, "float32")
         if bias is not None:
             scores = scores + bias
-        weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
+        if k.shape[2] == 1:
+            # One key (one window): weight 1 with a defined (zero) gradient,
+            # written out because keras warns on a size-1 softmax axis.
+            weights = ops.exp(scores - scores)
+        else:
+            weights = ops.softmax(scores, axis=-1)
+        weights = ops.cast(weights, v.dtype)
         return ops.matmul(weights, v)
 
     def call(self, tokens, valid_pixels=None):
@@ -370,10 +376,7 @@ class SeparableSelfAttention(keras.layers.Layer):
         v = ops.reshape(pixels, (batch, num_windows, num_pixels, heads, head_dim))
         v = ops.transpose(v, (0, 3, 1, 2, 4))  # (B, h, nW, P, d)
         v = ops.reshape(v, (batch, heads, num_windows, -1))  # (B, h, nW, P*d)
-        if isinstance(num_windows, int) and num_windows == 1:
-            out = v + v  # softmax over one window is 1; same result, no size-1 softmax
-        else:
-            out = self._heads_attention(q, k, v) + v  # second shortcut; (B, h, nW, P*d)
+        out = self._heads_attention(q, k, v) + v  # second shortcut; (B, h, nW, P*d)
         out = ops.reshape(out, (batch, heads, num_windows, num_pixels, head_dim))
         out = ops.transpose(out, (0, 2, 3, 1, 4))  # (B, nW, P, h, d)
         return ops.reshape(out, (batch, num_windows, num_pixels, channels))  # (B, nW, P, C)
@@ -559,6 +562,16 @@ class SepViTBlock(keras.layers.Layer):
             return ops.reshape(self.attn(tokens), ops.shape(y))  # (B, H, W, C)
         ws = self.window_size
         height, width = _static_or_dynamic(y, 1), _static_or_dynamic(y, 2)
+        if isinstance(height, int) and isinstance(width, int) and height <= ws and width <= ws:
+            # The map fits in one window: attending over the map itself equals the
+            # padded, masked window (tested) without computing on the padding.
+            batch, channels = ops.shape(y)[0], y.shape[-1]
+            windows = ops.reshape(y, (batch, 1, height * width, channels))  # (B, 1, H*W, C)
+            if self.window_tokens is not None:
+                with_tokens = self.window_tokens(windows, grid_hw=(1, 1))
+                tokens = self.norm1(with_tokens[:, :, :1, :])
+                windows = ops.concatenate([tokens, windows], axis=2)
+            return ops.reshape(self.attn(windows), ops.shape(y))  # (B, H, W, C)
         grid_h, grid_w = -(-height // ws), -(-width // ws)
         padded = not (isinstance(height, int) and isinstance(width, int))
         padded = padded or height % ws != 0 or width % ws != 0

@@ -212,20 +212,41 @@ def test_one_dssa_block_reaches_every_window(height, width):
     assert changed[0, 0] and changed.sum() == 1
 
 
-def test_padding_is_masked_exactly():
-    """A 14x14 window over a 7x7 map (padded) equals global attention on the map."""
-    x = _rand(2, 7, 7, 8)
-    padded_block = SepViTBlock(2, 14, attention="window")
-    global_block = SepViTBlock(2, 7, attention="global")
-    padded_block(x)
-    global_block(x)
-    _randomize(padded_block)
-    global_block.set_weights(padded_block.get_weights())
+@pytest.mark.parametrize(
+    "make,size",
+    [
+        (lambda: SepViTBlock(2, 14, attention="window"), (7, 7)),
+        (lambda: SepViTBlock(2, 7, token_grid=(2, 2)), (5, 6)),
+        (lambda: SepViTBlock(2, 7, token_grid=(2, 2)), (9, 16)),
+    ],
+)
+def test_padding_is_masked_exactly(make, size):
+    """With `None` spatial dims the block pads and masks; with static dims a map
+    that fits one window is attended directly. Both must agree."""
+    import tensorflow as tf
+
+    x = _rand(2, *size, 8)
+    block = make()
+    block(x)
+    _randomize(block)
+    dynamic = tf.function(
+        lambda t: block(t), input_signature=[tf.TensorSpec((None, None, None, 8), tf.float32)]
+    )
     np.testing.assert_allclose(
-        ops.convert_to_numpy(padded_block(x)),
-        ops.convert_to_numpy(global_block(x)),
-        rtol=1e-5,
-        atol=1e-5,
+        dynamic(x).numpy(), ops.convert_to_numpy(block(x)), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_window_covering_the_map_equals_global_attention():
+    x = _rand(2, 7, 7, 8)
+    window = SepViTBlock(2, 14, attention="window")
+    global_block = SepViTBlock(2, 7, attention="global")
+    window(x)
+    global_block(x)
+    _randomize(window)
+    global_block.set_weights(window.get_weights())
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(window(x)), ops.convert_to_numpy(global_block(x)), atol=1e-5
     )
 
 
