@@ -38,9 +38,7 @@ def _folder_split(root, split, class_names=None):
             f"No folder {directory!r}: an image folder dataset is laid out as "
             f"root/<split>/<class>/*.jpg. Received: root={root!r}, split={split!r}"
         )
-    found = sorted(
-        d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d))
-    )
+    found = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
     class_names = class_names or found
     unknown = sorted(set(found) - set(class_names))
     if unknown:
@@ -105,13 +103,22 @@ def load_split(source, split, data_dir=None, manual_dir=None, class_names=None):
     builder.download_and_prepare(download_config=download_config)
     info = builder.info
     ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=True)
-    num_examples = info.splits[split].num_examples
+    try:
+        num_examples = info.splits[split].num_examples
+    except KeyError:  # no split metadata (e.g. under tfds.testing.mock_data)
+        cardinality = int(ds.cardinality())
+        num_examples = cardinality if cardinality >= 0 else None
     names = info.features["label"].names
 
     def to_rgb(image, label):
-        image = tf.cond(
-            tf.shape(image)[-1] == 1, lambda: tf.image.grayscale_to_rgb(image), lambda: image
-        )
+        if image.shape[-1] == 1:
+            image = tf.image.grayscale_to_rgb(image)
+        elif image.shape[-1] is None:
+            image = tf.cond(
+                tf.shape(image)[-1] == 1,
+                lambda: tf.tile(image[..., :1], [1, 1, 3]),
+                lambda: image[..., :3],
+            )
         return image, label
 
     return Split(ds.map(to_rgb, num_parallel_calls=tf.data.AUTOTUNE), num_examples, names)
@@ -157,9 +164,7 @@ def mix_batch(images, labels, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5
     """
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return images, labels
-    use_cutmix = cutmix_alpha > 0 and (
-        mixup_alpha <= 0 or tf.random.uniform(()) < switch_prob
-    )
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or tf.random.uniform(()) < switch_prob)
     flipped_images = tf.reverse(images, axis=[0])
     flipped_labels = tf.reverse(labels, axis=[0])
 
@@ -251,6 +256,7 @@ def make_dataset(
         else:
             image = center_crop(image, image_size, crop_fraction)
         image = tf.clip_by_value(image, 0.0, 255.0)
+        image = tf.ensure_shape(image, (image_size, image_size, 3))
         return image, tf.one_hot(label, num_classes)
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)

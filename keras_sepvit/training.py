@@ -64,7 +64,7 @@ def warmup_cosine_schedule(
             f"warmup_steps={warmup_steps}"
         )
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=min(warmup_from, learning_rate),
+        initial_learning_rate=min(warmup_from, learning_rate) if warmup_steps else learning_rate,
         decay_steps=total_steps - warmup_steps,
         alpha=min(1.0, min_learning_rate / learning_rate),
         warmup_target=learning_rate if warmup_steps else None,
@@ -222,3 +222,55 @@ def distribution_strategy(tpu=None):
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def fit(
+    model,
+    optimizer,
+    train_ds,
+    val_ds,
+    epochs,
+    directory,
+    label_smoothing=0.1,
+    resume=False,
+    jit_compile="auto",
+    steps_per_epoch=None,
+    validation_steps=None,
+    tensorboard=True,
+    verbose="auto",
+):
+    """Compiles with the recipe's loss and runs `model.fit` with checkpoints.
+
+    With `resume=True` it continues from `directory` (weights, optimizer state
+    and so the learning-rate schedule, epoch counter, CSV log); without, a
+    previous run's state in `directory` is cleared first. Returns
+    `(history, initial_epoch)`.
+    """
+    model.compile(
+        optimizer,
+        keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    os.makedirs(directory, exist_ok=True)
+    initial_epoch = 0
+    if resume:
+        initial_epoch = restore(model, directory)
+        if initial_epoch:
+            print(f"Resuming at epoch {initial_epoch + 1} from {directory}")
+    else:
+        for stale in ("state.json", "log.csv"):
+            if os.path.exists(os.path.join(directory, stale)):
+                os.remove(os.path.join(directory, stale))
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps,
+        callbacks=training_callbacks(directory, tensorboard=tensorboard),
+        shuffle=False,  # the tf.data pipeline shuffles
+        verbose=verbose,
+    )
+    return history, initial_epoch
