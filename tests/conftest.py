@@ -34,3 +34,21 @@ def reference_io(reference_dir):
 
     with np.load(os.path.join(reference_dir, IO_FILE)) as data:
         return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Imports a script of the repository (examples/, benchmarks/) as a module."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def load(folder, name):
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(root, folder, f"{name}.py")
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,7 +1,6 @@
 """Training: recipe pieces, input pipelines (tfds mock data, image folders), resume, demo."""
 
 import csv
-import importlib.util
 import json
 import os
 
@@ -12,17 +11,6 @@ import tensorflow as tf
 
 import keras_sepvit
 from keras_sepvit import data, training
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _example(name):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(ROOT, "examples", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _read_log(path):
@@ -107,7 +95,7 @@ SMOKE = [
 ]  # fmt: skip
 
 
-def test_train_imagenet_on_mock_imagenet_full_augmentation(tmp_path):
+def test_train_imagenet_on_mock_imagenet_full_augmentation(tmp_path, load_script):
     import tensorflow_datasets as tfds
 
     manual = tmp_path / "manual"
@@ -116,7 +104,7 @@ def test_train_imagenet_on_mock_imagenet_full_augmentation(tmp_path):
         (manual / tar).write_bytes(b"")
     out = str(tmp_path / "run")
     with tfds.testing.mock_data(num_examples=16):
-        _example("train_imagenet").main(
+        load_script("examples", "train_imagenet").main(
             SMOKE + ["--manual-dir", str(manual), "--data-dir", str(tmp_path), "--out", out]
         )
     rows = _read_log(os.path.join(out, "log.csv"))
@@ -128,14 +116,16 @@ def test_train_imagenet_on_mock_imagenet_full_augmentation(tmp_path):
     assert model.output_shape == (None, 1000)
 
 
-def test_train_on_image_folder_and_help(tmp_path, capsys):
+def test_train_on_image_folder_and_help(tmp_path, capsys, load_script):
     root = _image_folder(str(tmp_path / "images"))
     out = str(tmp_path / "run")
-    _example("train_imagenet").main(SMOKE + ["--dataset", root, "--out", out, "--xla"])
+    load_script("examples", "train_imagenet").main(
+        SMOKE + ["--dataset", root, "--out", out, "--xla"]
+    )
     model = keras.saving.load_model(os.path.join(out, "last.keras"))
     assert model.output_shape == (None, 3)
     with pytest.raises(SystemExit):
-        _example("train_imagenet").parse_args(["--help"])
+        load_script("examples", "train_imagenet").parse_args(["--help"])
     help_text = capsys.readouterr().out
     for flag in (
         "--manual-dir",
@@ -233,9 +223,11 @@ def test_checkpoint_write_failure_keeps_previous(tmp_path, monkeypatch):
     assert training.read_state(directory)["epoch"] == 0
 
 
-def test_digits_demo_short_run_learns(tmp_path):
+def test_digits_demo_short_run_learns(tmp_path, load_script):
     """A few epochs of the README's main job: loss falls, accuracy far above chance."""
-    report = _example("digits_demo").main(["--epochs", "4", "--out", str(tmp_path / "digits")])
+    report = load_script("examples", "digits_demo").main(
+        ["--epochs", "4", "--out", str(tmp_path / "digits")]
+    )
     rows = _read_log(str(tmp_path / "digits" / "checkpoints" / "log.csv"))
     losses = [float(r["loss"]) for r in rows]
     assert losses[-1] < losses[0] * 0.8
