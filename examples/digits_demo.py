@@ -17,8 +17,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,23 +37,6 @@ def parse_args(argv=None):
     )
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoints")
     return p.parse_args(argv)
-
-
-def digits_splits(seed=0):
-    """Held-out test (20%), validation (10% of the rest) and train, stratified."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = np.repeat((digits.images / 16.0 * 255.0).astype("uint8")[..., None], 3, -1)
-    labels = digits.target.astype("int64")
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        images, labels, test_size=0.2, random_state=seed, stratify=labels
-    )
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=0.1, random_state=seed, stratify=y_rest
-    )
-    return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
 
 
 def plot_learning_curve(history_csv, path):
@@ -90,19 +71,16 @@ def plot_learning_curve(history_csv, path):
 def main(argv=None):
     args = parse_args(argv)
     import keras
-    import tensorflow as tf
 
     import keras_sepvit
     from keras_sepvit import data, training
 
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
-    splits = digits_splits(args.seed)
-    names = [str(i) for i in range(10)]
+    splits = data.digits_splits(args.seed)
 
     def split(name):
-        x, y = splits[name]
-        return data.Split(tf.data.Dataset.from_tensor_slices((x, y)), len(x), names)
+        return data.array_split(*splits[name], class_names=[str(i) for i in range(10)])
 
     # Digits are small and not mirror-symmetric: mild crops, no flips; the
     # ImageNet-strength RandAugment/erasing/mixing are off for 8x8 scans.

@@ -124,6 +124,33 @@ def load_split(source, split, data_dir=None, manual_dir=None, class_names=None):
     return Split(ds.map(to_rgb, num_parallel_calls=tf.data.AUTOTUNE), num_examples, names)
 
 
+def array_split(images, labels, class_names):
+    """A `Split` from in-memory arrays: images (N, H, W, 3) uint8, labels (N,) int."""
+    ds = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, "int64")))
+    return Split(ds, len(images), class_names)
+
+
+def digits_splits(seed=0):
+    """scikit-learn's bundled digits (1,797 real 8x8 scans) as RGB uint8 splits.
+
+    Stratified: "test" is 20% held out, "val" 10% of the rest, "train" the
+    remainder; fixed by `seed`. Returns {name: (images (N, 8, 8, 3), labels)}.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.repeat((digits.images / 16.0 * 255.0).astype("uint8")[..., None], 3, -1)
+    labels = digits.target.astype("int64")
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        images, labels, test_size=0.2, random_state=seed, stratify=labels
+    )
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=0.1, random_state=seed, stratify=y_rest
+    )
+    return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+
+
 def random_resized_crop(image, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """Inception-style crop of a random area/aspect, resized to `size` x `size`."""
     begin, crop_size, _ = tf.image.sample_distorted_bounding_box(

@@ -1,0 +1,177 @@
+"""Export a SepViT to every edge format and report how each compares with Keras.
+
+    python export/export_model.py --model runs/digits/model.keras --out runs/digits/export
+    python export/export_model.py --variant lite --out runs/lite_export   # a fresh model
+
+Writes float32 / float16 / dynamic-range / int8 / int16x8 TFLite files
+(builtin ops only) and an ONNX file, each loaded back and checked, then prints
+and saves (report.md, report.json) a table: file size, max |output
+difference| against Keras, top-1 agreement with Keras, held-out accuracy
+(the digits test split for the digits model) and batch-1 latency (median
+over --runs after warm-up, 1 and 2 threads) in the runtime that serves it.
+Calibration images for int8/int16x8 come from the training split through
+the evaluation pipeline.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+FORMATS = ("float32", "float16", "dynamic", "int8", "int16x8", "onnx")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help=".keras model; default: a fresh --variant")
+    p.add_argument("--variant", default="lite", choices=["lite", "tiny", "small", "base"])
+    p.add_argument("--image-size", type=int, default=None, help="input side of a fresh model")
+    p.add_argument("--out", default="runs/export", help="output folder")
+    p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset")
+    p.add_argument(
+        "--heldout",
+        default="digits",
+        choices=["digits", "none"],
+        help="held-out set for accuracy/agreement (digits: the demo's test split)",
+    )
+    p.add_argument("--calibration", type=int, default=200, help="int8 calibration images")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per latency figure")
+    return p.parse_args(argv)  # fmt: skip
+
+
+def _median_latency_ms(run, image, runs, warmup=5):
+    for _ in range(warmup):
+        run(image)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run(image)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+def _onnx_runner(path, threads):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: np.asarray(x, "float32")})[0]
+
+
+def heldout_data(args, image_size):
+    """(test images, labels, calibration images) through the evaluation pipeline."""
+    from keras_sepvit import data
+
+    if args.heldout == "none":
+        rng = np.random.default_rng(0)
+        images = rng.uniform(0, 255, (max(args.calibration, 16), image_size, image_size, 3))
+        return images[:16].astype("float32"), None, images.astype("float32")
+    splits = data.digits_splits(0)
+    names = [str(i) for i in range(10)]
+
+    def arrays(name, limit=None):
+        split = data.array_split(*splits[name], class_names=names)
+        ds = data.make_dataset(split, False, 256, image_size=image_size, crop_fraction=1.0)
+        xs, ys = zip(*[(x, y) for x, y in ds.as_numpy_iterator()])
+        x, y = np.concatenate(xs), np.concatenate(ys).argmax(-1)
+        return (x, y) if limit is None else (x[:limit], y[:limit])
+
+    test_x, test_y = arrays("test")
+    calibration, _ = arrays("train", args.calibration)
+    return test_x, test_y, calibration
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import keras
+
+    from keras_sepvit import export
+    from keras_sepvit.model import VARIANTS
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"Unknown formats {unknown}; choose from {FORMATS}. "
+                         f"Received: --formats {args.formats}")  # fmt: skip
+    if args.model:
+        model = keras.saving.load_model(args.model)
+    else:
+        size = args.image_size or 224
+        model = VARIANTS[args.variant](input_shape=(size, size, 3), classes=10)
+    image_size = model.input_shape[1]
+    os.makedirs(args.out, exist_ok=True)
+    test_x, test_y, calibration = heldout_data(args, image_size)
+    keras_out = np.asarray(model.predict(test_x, verbose=0))
+
+    rows = []
+
+    def row(name, path, outputs, runner_for_threads):
+        single = test_x[:1]
+        row = {
+            "format": name,
+            "file": path,
+            "size_mb": os.path.getsize(path) / 1e6 if path else None,
+            "max_abs_diff": float(np.abs(outputs - keras_out).max()),
+            "top1_agreement": float((outputs.argmax(-1) == keras_out.argmax(-1)).mean()),
+            "accuracy": None if test_y is None else float((outputs.argmax(-1) == test_y).mean()),
+            "latency_ms_1t": _median_latency_ms(runner_for_threads(1), single, args.runs),
+            "latency_ms_2t": _median_latency_ms(runner_for_threads(2), single, args.runs),
+        }
+        rows.append(row)
+        print(f"  {name}: done", flush=True)
+
+    keras_file = os.path.join(args.out, "model.keras")
+    model.save(keras_file)
+    row("keras (TF)", keras_file, keras_out, lambda t: lambda x: model(x, training=False))
+    for fmt in formats:
+        if fmt == "onnx":
+            path = export.to_onnx(
+                model, os.path.join(args.out, "model.onnx"), sample_inputs=test_x[:8]
+            )
+            row("onnx (ONNX Runtime)", path, _onnx_runner(path, 2)(test_x),
+                lambda t, p=path: _onnx_runner(p, t))  # fmt: skip
+            continue
+        quantization = None if fmt == "float32" else fmt
+        path = export.to_tflite(
+            model,
+            os.path.join(args.out, f"model_{fmt}.tflite"),
+            quantization=quantization,
+            representative_data=calibration,
+            sample_inputs=test_x[:8],
+        )
+        row(f"tflite {fmt} (LiteRT)", path, export.TFLiteRunner(path, num_threads=2)(test_x),
+            lambda t, p=path: export.TFLiteRunner(p, num_threads=t))  # fmt: skip
+
+    lines = [
+        f"Export of {args.model or 'a fresh ' + args.variant} ({image_size}x{image_size}); "
+        f"held-out: {args.heldout} ({len(test_x)} images); latency: batch 1, median of {args.runs}",
+        "",
+        "| format | size (MB) | max abs diff vs Keras | top-1 agreement | accuracy "
+        "| latency 1 thread (ms) | latency 2 threads (ms) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        accuracy = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        lines.append(
+            f"| {r['format']} | {r['size_mb']:.2f} | {r['max_abs_diff']:.2e} | "
+            f"{r['top1_agreement']:.4f} | {accuracy} | {r['latency_ms_1t']:.2f} | "
+            f"{r['latency_ms_2t']:.2f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    print(f"wrote {os.path.join(args.out, 'report.md')}")
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

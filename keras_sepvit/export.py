@@ -1,0 +1,246 @@
+"""Edge export: TFLite (float32, float16, dynamic-range, int8, int16x8) and ONNX.
+
+Each function converts, loads the file back in the runtime that will serve it
+(LiteRT interpreter, ONNX Runtime), compares it with the Keras model on sample
+inputs and returns the path. TensorFlow backend; the TFLite files use builtin
+ops only (no Flex), which `tflite_ops` lets you check.
+"""
+
+import os
+
+import numpy as np
+
+QUANTIZATIONS = (None, "float16", "dynamic", "int8", "int16x8")
+
+
+def _check_output_path(path, suffix):
+    path = os.fspath(path)
+    if not path.endswith(suffix):
+        raise ValueError(f"The output file must end with {suffix!r}. Received: path={path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"Cannot create the folder of path={path!r}: {err}") from err
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"Cannot write to path={path!r}: the folder or file is read-only")
+    return path
+
+
+def _static_input_shape(model):
+    shape = tuple(model.input_shape[1:])
+    if any(d is None for d in shape):
+        raise ValueError(
+            "Export needs a static input size (the edge runtimes plan memory for it). "
+            f"Received: input_shape={model.input_shape}; rebuild the model with "
+            "e.g. input_shape=(224, 224, 3) and set_weights()."
+        )
+    return shape
+
+
+def _sample_inputs(model, sample_inputs):
+    if sample_inputs is not None:
+        return np.asarray(sample_inputs, "float32")
+    shape = _static_input_shape(model)
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 255, (2,) + shape).astype("float32")
+
+
+def _representative_dataset(data, limit=200):
+    """A TFLite representative-dataset generator from arrays, a tf.data dataset,
+    or an iterable of batches."""
+
+    def generator():
+        count = 0
+        iterable = data
+        if hasattr(data, "unbatch"):  # tf.data: feed images one at a time
+            iterable = data.unbatch().as_numpy_iterator()
+        for item in iterable:
+            image = item[0] if isinstance(item, (tuple, list)) else item
+            image = np.asarray(image, "float32")
+            batch = image[None] if image.ndim == 3 else image
+            for single in batch:
+                yield [single[None]]
+                count += 1
+                if count >= limit:
+                    return
+
+    return generator
+
+
+def tflite_ops(path):
+    """The set of op names in a .tflite file (builtins, or e.g. 'FlexErf' for Flex ops)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=os.fspath(path))
+    return {op["op_name"] for op in interpreter._get_ops_details()}
+
+
+class TFLiteRunner:
+    """Runs a .tflite classifier with the LiteRT interpreter, handling its input
+    and output quantization (what a phone app does)."""
+
+    def __init__(self, path, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=os.fspath(path), num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def __call__(self, images):
+        outputs = []
+        for image in np.asarray(images, "float32"):
+            x = image[None]
+            scale, zero = self.input["quantization"]
+            if self.input["dtype"] != np.float32:
+                info = np.iinfo(self.input["dtype"])
+                x = np.clip(np.round(x / scale + zero), info.min, info.max)
+            self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
+            self.interpreter.invoke()
+            y = self.interpreter.get_tensor(self.output["index"])
+            scale, zero = self.output["quantization"]
+            if self.output["dtype"] != np.float32:
+                y = (y.astype("float32") - zero) * scale
+            outputs.append(y[0])
+        return np.stack(outputs)
+
+
+def to_tflite(
+    model,
+    path,
+    quantization=None,
+    representative_data=None,
+    sample_inputs=None,
+    tolerance=None,
+):
+    """Converts a Keras model to a builtin-ops-only .tflite file and checks it.
+
+    Args:
+        model: a Keras model with a static input shape (TensorFlow backend).
+        path: output `.tflite` path.
+        quantization: None (float32), "float16" (float16 weights),
+            "dynamic" (int8 weights, float activations), "int8" (full
+            integer: int8 weights and activations, int8 input/output) or
+            "int16x8" (int16 activations, int8 weights).
+        representative_data: calibration images for "int8" / "int16x8": an
+            array (N, H, W, C), a tf.data dataset of `(images, labels)`
+            batches (e.g. from `keras_sepvit.data.make_dataset`), or an
+            iterable of batches. Up to 200 images are used.
+        sample_inputs: images to compare Keras and TFLite on; defaults to
+            random images at the model's input size.
+        tolerance: max |output difference| allowed in the check; defaults to
+            1e-4 for float32 and 1e-2 for float16; quantized files are checked
+            to run and give finite outputs (their accuracy is measured by the
+            export report).
+
+    Returns:
+        The path of the file, after it was loaded and checked.
+
+    Raises:
+        ValueError: before any conversion, for an unknown `quantization`,
+            missing representative data, or a path that cannot be written.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"`quantization` must be one of {QUANTIZATIONS}. "
+            f"Received: quantization={quantization!r}"
+        )
+    if quantization in ("int8", "int16x8") and representative_data is None:
+        raise ValueError(
+            f"quantization={quantization!r} calibrates activation ranges and needs "
+            "`representative_data` (e.g. a few hundred training images). Received: None"
+        )
+    path = _check_output_path(path, ".tflite")
+    _static_input_shape(model)
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative_dataset(representative_data)
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    elif quantization == "int16x8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative_dataset(representative_data)
+        ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    converter.target_spec.supported_ops = ops
+    blob = converter.convert()
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(blob)
+    os.replace(tmp, path)
+
+    flex = sorted(op for op in tflite_ops(path) if op.startswith("Flex"))
+    if flex:
+        raise RuntimeError(f"{path} needs Flex ops {flex}; the LiteRT interpreter cannot run it")
+    x = _sample_inputs(model, sample_inputs)
+    expected = np.asarray(model.predict(x, verbose=0))
+    got = TFLiteRunner(path)(x)
+    if not np.isfinite(got).all() or got.shape != expected.shape:
+        raise RuntimeError(f"{path} gives non-finite or mis-shaped outputs {got.shape}")
+    if tolerance is None:
+        tolerance = {None: 1e-4, "float16": 1e-2}.get(quantization)
+    if tolerance is not None:
+        diff = float(np.abs(got - expected).max())
+        if diff > tolerance:
+            raise RuntimeError(
+                f"{path} differs from the Keras model by {diff:.2e} > tolerance {tolerance}"
+            )
+    return path
+
+
+def _onnx_function(model):
+    import tensorflow as tf
+
+    shape = (None,) + _static_input_shape(model)
+    spec = (tf.TensorSpec(shape, tf.float32, name="image"),)
+    return tf.function(lambda x: model(x, training=False), input_signature=spec), spec
+
+
+def to_onnx(model, path, opset=17, sample_inputs=None, tolerance=1e-4):
+    """Converts a Keras model to ONNX with tf2onnx and checks it in ONNX Runtime.
+
+    The model's exact GELU is written with `erf` (ONNX `Erf`), never `Erfc`,
+    which tf2onnx cannot convert. The file passes `onnx.checker`; its input is
+    `image` (N, H, W, C) float32 with a dynamic batch.
+
+    Returns:
+        The path of the file, after it was loaded and compared with Keras
+        (max |difference| <= `tolerance`).
+    """
+    if not isinstance(opset, int) or not 13 <= opset <= 21:
+        raise ValueError(f"`opset` must be an int in [13, 21]. Received: opset={opset!r}")
+    path = _check_output_path(path, ".onnx")
+    _static_input_shape(model)
+    import onnx
+    import onnxruntime as ort
+    import tf2onnx
+
+    function, spec = _onnx_function(model)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=opset)
+    onnx.checker.check_model(proto)
+    op_types = {node.op_type for node in proto.graph.node}
+    if "Erfc" in op_types:
+        raise RuntimeError("the ONNX graph holds Erfc, which ONNX Runtime cannot run")
+    tmp = path + ".tmp"
+    onnx.save(proto, tmp)
+    os.replace(tmp, path)
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = _sample_inputs(model, sample_inputs)
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    expected = np.asarray(model.predict(x, verbose=0))
+    diff = float(np.abs(got - expected).max())
+    if diff > tolerance:
+        raise RuntimeError(f"{path} differs from the Keras model by {diff:.2e} > {tolerance}")
+    return path
