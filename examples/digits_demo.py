@@ -27,7 +27,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     p.add_argument("--warmup-epochs", type=int, default=3, help="linear warm-up epochs")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
-    p.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate")
+    p.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
     p.add_argument(
         "--randaugment",

@@ -172,7 +172,11 @@ def to_tflite(
     elif quantization == "int16x8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative_dataset(representative_data)
-        ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        # Ops without a 16x8 kernel (NEG in LayerNorm) stay float32 builtins.
+        ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
     converter.target_spec.supported_ops = ops
     blob = converter.convert()
     tmp = path + ".tmp"

@@ -204,9 +204,11 @@ def SepViT(
 
     x = img_input
     if include_preprocessing:
-        x = layers.Normalization(
-            mean=[255.0 * m for m in IMAGENET_MEAN],
-            variance=[(255.0 * s) ** 2 for s in IMAGENET_STD],
+        # (x / 255 - mean) / std as one per-channel affine map: graph constants,
+        # not captured tensors, so every exporter (tf2onnx included) sees them.
+        x = layers.Rescaling(
+            scale=[1.0 / (255.0 * s) for s in IMAGENET_STD],
+            offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
             name="normalization",
         )(x)
 
