@@ -3,8 +3,8 @@
     python export/export_model.py --model runs/digits/model.keras --out runs/digits/export
     python export/export_model.py --variant lite --out runs/lite_export   # a fresh model
 
-Writes float32 / float16 / dynamic-range / int8 / int16x8 TFLite files
-(builtin ops only) and an ONNX file, each loaded back and checked, then prints
+Writes float32 / float16 / dynamic-range / int8 TFLite files (builtin ops
+only) and an ONNX file (int16x8 on request), each loaded back and checked, then prints
 and saves (report.md, report.json) a table: file size, max |output
 difference| against Keras, top-1 agreement with Keras, held-out accuracy
 (the digits test split for the digits model) and batch-1 latency (median
@@ -22,6 +22,9 @@ import time
 import numpy as np
 
 FORMATS = ("float32", "float16", "dynamic", "int8", "int16x8", "onnx")
+# int16x8 files do not run yet: LiteRT has no 16-bit SQUARED_DIFFERENCE kernel
+# (LayerNorm's variance), so it is opt-in with --formats.
+DEFAULT_FORMATS = ("float32", "float16", "dynamic", "int8", "onnx")
 
 
 def parse_args(argv=None):
@@ -30,7 +33,9 @@ def parse_args(argv=None):
     p.add_argument("--variant", default="lite", choices=["lite", "tiny", "small", "base"])
     p.add_argument("--image-size", type=int, default=None, help="input side of a fresh model")
     p.add_argument("--out", default="runs/export", help="output folder")
-    p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset")
+    p.add_argument(
+        "--formats", default=",".join(DEFAULT_FORMATS), help=f"comma-separated, from {FORMATS}"
+    )
     p.add_argument(
         "--heldout",
         default="digits",
