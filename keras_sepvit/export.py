@@ -69,6 +69,41 @@ def _representative_dataset(data, limit=200):
     return generator
 
 
+_SMOKE_RUN = """
+import sys, numpy as np
+from ai_edge_litert.interpreter import Interpreter
+interpreter = Interpreter(model_path=sys.argv[1])
+interpreter.allocate_tensors()
+detail = interpreter.get_input_details()[0]
+interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+interpreter.invoke()
+"""
+
+
+def _smoke_run_in_subprocess(path):
+    """Invokes a .tflite file once in a child process.
+
+    LiteRT's quantized kernels can abort the whole process (no Python
+    exception) on degenerate quantization ranges, e.g. an untrained model
+    whose window tokens and biases are all zero. A child process turns that
+    into a clear error instead of killing the caller.
+    """
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _SMOKE_RUN, path], capture_output=True, text=True, timeout=600
+    )
+    if result.returncode != 0:
+        tail = (result.stderr or "").strip().splitlines()[-3:]
+        raise RuntimeError(
+            f"The LiteRT interpreter crashed running {path} (exit code {result.returncode}; "
+            f"{' | '.join(tail) or 'no message'}). Quantized kernels abort on degenerate "
+            "ranges, as in an untrained model with all-zero window tokens: quantize a "
+            "trained model, with representative images from its training data."
+        )
+
+
 def tflite_ops(path):
     """The set of op names in a .tflite file (builtins, or e.g. 'FlexErf' for Flex ops)."""
     from ai_edge_litert.interpreter import Interpreter
@@ -184,6 +219,8 @@ def to_tflite(
         f.write(blob)
     os.replace(tmp, path)
 
+    if quantization in ("int8", "int16x8"):
+        _smoke_run_in_subprocess(path)
     flex = sorted(op for op in tflite_ops(path) if op.startswith("Flex"))
     if flex:
         raise RuntimeError(f"{path} needs Flex ops {flex}; the LiteRT interpreter cannot run it")

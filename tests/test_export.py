@@ -112,6 +112,8 @@ def test_run_tflite_example_classifies_image_files(tmp_path, load_script):
 
     model = keras_sepvit.SepViTLite(input_shape=(32, 32, 3), classes=4)
     rng = np.random.default_rng(0)
+    for w in model.weights:  # a trained model has no all-zero tokens/biases (see below)
+        w.assign(w.numpy() + rng.normal(scale=0.02, size=w.shape).astype("float32"))
     images = rng.integers(0, 255, (3, 40, 56, 3), dtype="uint8")
     files = []
     for i, image in enumerate(images):
@@ -140,3 +142,16 @@ def test_run_tflite_example_classifies_image_files(tmp_path, load_script):
             keras_top = model.predict(x, verbose=0).argmax(-1)
             names = ["cat", "dog", "bird", "fish"]
             assert [named[0][0] for _, named in results] == [names[i] for i in keras_top]
+
+
+def test_int8_of_an_untrained_model_is_a_clear_error_not_a_crash(tmp_path):
+    """LiteRT aborts the process on this file; to_tflite must raise instead."""
+    model = keras_sepvit.SepViTLite(input_shape=(32, 32, 3), classes=4)  # zero tokens/biases
+    calibration = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    with pytest.raises(RuntimeError, match="quantize a trained model"):
+        export.to_tflite(
+            model,
+            str(tmp_path / "untrained_int8.tflite"),
+            quantization="int8",
+            representative_data=calibration,
+        )
