@@ -139,28 +139,40 @@ def main(argv=None):
     model.save_weights(keras_file)
     traced = tf.function(lambda x: model(x, training=False))
     row("keras (TF, reference)", keras_file, keras_out, lambda t: traced)
+    failures = {}
     for fmt in formats:
-        if fmt == "onnx":
-            path = export.to_onnx(
-                model, os.path.join(args.out, "model.onnx"), sample_inputs=test_x[:8]
-            )
-            row("onnx (ONNX Runtime)", path, _onnx_runner(path, 2)(test_x),
-                lambda t, p=path: _onnx_runner(p, t))  # fmt: skip
-            continue
-        quantization = None if fmt == "float32" else fmt
-        path = export.to_tflite(
-            model,
-            os.path.join(args.out, f"model_{fmt}.tflite"),
-            quantization=quantization,
-            representative_data=calibration,
-            sample_inputs=test_x[:8],
-        )
-        row(f"tflite {fmt} (LiteRT)", path, export.TFLiteRunner(path, num_threads=2)(test_x),
-            lambda t, p=path: export.TFLiteRunner(p, num_threads=t))  # fmt: skip
+        try:
+            _export_one(fmt, model, args, test_x, calibration, row, export)
+        except RuntimeError as err:  # one format failing does not lose the others
+            failures[fmt] = str(err)
+            print(f"  {fmt}: FAILED: {err}", flush=True)
+    _write_report(args, rows, failures, image_size, len(test_x))
+    return rows
 
+
+def _export_one(fmt, model, args, test_x, calibration, row, export):
+    """Writes one format, checks it, and adds its report row."""
+    if fmt == "onnx":
+        path = export.to_onnx(model, os.path.join(args.out, "model.onnx"), sample_inputs=test_x[:8])
+        row("onnx (ONNX Runtime)", path, _onnx_runner(path, 2)(test_x),
+            lambda t, p=path: _onnx_runner(p, t))  # fmt: skip
+        return
+    path = export.to_tflite(
+        model,
+        os.path.join(args.out, f"model_{fmt}.tflite"),
+        quantization=None if fmt == "float32" else fmt,
+        representative_data=calibration,
+        sample_inputs=test_x[:8],
+    )
+    row(f"tflite {fmt} (LiteRT)", path, export.TFLiteRunner(path, num_threads=2)(test_x),
+        lambda t, p=path: export.TFLiteRunner(p, num_threads=t))  # fmt: skip
+
+
+def _write_report(args, rows, failures, image_size, num_heldout):
     lines = [
         f"Export of {args.model or 'a fresh ' + args.variant} ({image_size}x{image_size}); "
-        f"held-out: {args.heldout} ({len(test_x)} images); latency: batch 1, median of {args.runs}",
+        f"held-out: {args.heldout} ({num_heldout} images); latency: batch 1, median of "
+        f"{args.runs}",
         "",
         "| format | size (MB) | max abs diff vs Keras | top-1 agreement | accuracy "
         "| latency 1 thread (ms) | latency 2 threads (ms) |",
@@ -173,14 +185,15 @@ def main(argv=None):
             f"{r['top1_agreement']:.4f} | {accuracy} | {r['latency_ms_1t']:.2f} | "
             f"{r['latency_ms_2t']:.2f} |"
         )
+    for fmt, reason in failures.items():
+        lines.append(f"| {fmt} | failed: {reason.splitlines()[0][:200]} | | | | | |")
     table = "\n".join(lines)
     print(table)
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+        json.dump({"rows": rows, "failures": failures}, f, indent=2)
     print(f"wrote {os.path.join(args.out, 'report.md')}")
-    return rows
 
 
 if __name__ == "__main__":

@@ -155,3 +155,20 @@ def test_int8_of_an_untrained_model_is_a_clear_error_not_a_crash(tmp_path):
             quantization="int8",
             representative_data=calibration,
         )
+
+
+def test_export_command_reports_every_format(tmp_path, load_script):
+    """The export CLI on a fresh model: float formats are written and compared;
+    int8 of an untrained model is reported as failed without losing the rest."""
+    out = tmp_path / "export"
+    rows = load_script("export", "export_model").main(
+        ["--variant", "lite", "--image-size", "32", "--out", str(out),
+         "--formats", "float32,int8,onnx", "--runs", "2", "--calibration", "8"]
+    )  # fmt: skip
+    formats = [r["format"] for r in rows]
+    assert formats == ["keras (TF, reference)", "tflite float32 (LiteRT)", "onnx (ONNX Runtime)"]
+    for r in rows[1:]:
+        assert r["max_abs_diff"] < 1e-4 and r["top1_agreement"] == 1.0
+        assert r["latency_ms_1t"] > 0 and r["latency_ms_2t"] > 0
+    report = (out / "report.md").read_text()
+    assert "| int8 | failed:" in report and "tflite float32" in report
