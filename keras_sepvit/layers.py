@@ -562,7 +562,10 @@ class SepViTBlock(keras.layers.Layer):
             return ops.reshape(self.attn(tokens), ops.shape(y))  # (B, H, W, C)
         ws = self.window_size
         height, width = _static_or_dynamic(y, 1), _static_or_dynamic(y, 2)
-        if isinstance(height, int) and isinstance(width, int) and height <= ws and width <= ws:
+        # The "dw_conv" summary weighs every slot of the ws x ws window, so it
+        # keeps the padded window.
+        fits = isinstance(height, int) and isinstance(width, int) and height <= ws and width <= ws
+        if fits and not (self.attention == "separable" and self.window_representation == "dw_conv"):
             # The map fits in one window: attending over the map itself equals the
             # padded, masked window (tested) without computing on the padding.
             batch, channels = ops.shape(y)[0], y.shape[-1]

@@ -218,6 +218,9 @@ def test_one_dssa_block_reaches_every_window(height, width):
         (lambda: SepViTBlock(2, 14, attention="window"), (7, 7)),
         (lambda: SepViTBlock(2, 7, token_grid=(2, 2)), (5, 6)),
         (lambda: SepViTBlock(2, 7, token_grid=(2, 2)), (9, 16)),
+        (lambda: SepViTBlock(2, 7, token_grid=(2, 2), window_representation="avg_pool"), (5, 6)),
+        (lambda: SepViTBlock(2, 7, window_representation="dw_conv"), (5, 6)),
+        (lambda: SepViTBlock(2, 7, window_representation="dw_conv"), (9, 16)),
     ],
 )
 def test_padding_is_masked_exactly(make, size):
