@@ -280,3 +280,15 @@ def test_readme_python_examples_run(monkeypatch):
     monkeypatch.chdir(root)
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_input_tensor_is_used_as_the_input():
+    image = keras.Input((64, 96, 3), name="my_image")
+    model = keras_sepvit.SepViTLite(input_tensor=image, include_top=False, pooling="avg")
+    assert model.inputs[0] is image
+    assert model.output_shape == (None, 256)
+    # A Keras tensor from another layer: the model is built on the source input.
+    source = keras.Input((64, 64, 3))
+    scaled = keras.layers.Rescaling(1.0)(source)
+    model = keras_sepvit.SepViTLite(input_tensor=scaled, classes=3)
+    assert model.inputs[0] is source and model.output_shape == (None, 3)
