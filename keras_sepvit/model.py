@@ -308,15 +308,12 @@ def _load_weights(model, path):
         ) from err
 
 
-def _variant(variant, name, **kwargs):
-    config = dict(MODEL_CONFIGS[variant])
-    config.setdefault("drop_path_rate", 0.0)
-    for key in ("drop_path_rate",):
-        if kwargs.get(key) is None:
-            kwargs.pop(key, None)
-    config.update(kwargs)
-    config.setdefault("name", name)
-    return SepViT(**config)
+def _variant(variant, **kwargs):
+    """Builds a row of MODEL_CONFIGS; `drop_path_rate=None` keeps the row's default."""
+    config = {"drop_path_rate": 0.0, **MODEL_CONFIGS[variant]}
+    if kwargs.get("drop_path_rate") is None:
+        kwargs.pop("drop_path_rate", None)
+    return SepViT(**{**config, **kwargs})
 
 
 def SepViTLite(
