@@ -7,3 +7,11 @@ def test_train_step_quick(load_script, capsys):
     assert names == ["SepViT-Lite", "MobileNetV2", "EfficientNetB0"]
     assert all(r[2] > 0 for r in rows)
     assert "SepViT-Lite / model" in capsys.readouterr().out
+
+
+def test_edge_latency_quick(load_script, capsys):
+    results = load_script("benchmarks", "edge_latency").main(["--quick"])
+    assert {k[0] for k in results} == {"SepViT-Lite", "MobileNetV2", "EfficientNetB0"}
+    assert {(k[1], k[2]) for k in results} == {(None, 1), (None, 2), ("int8", 1), ("int8", 2)}
+    assert all(ms > 0 for ms in results.values())
+    assert "SepViT-Lite / model" in capsys.readouterr().out
