@@ -16,7 +16,6 @@ import argparse
 import os
 import platform
 import tempfile
-import time
 
 import numpy as np
 
@@ -38,20 +37,6 @@ def _models(size):
     }
 
 
-def _latency_ms(path, image, threads, runs, warmup=5):
-    from keras_sepvit.export import TFLiteRunner
-
-    runner = TFLiteRunner(path, num_threads=threads)
-    for _ in range(warmup):
-        runner(image)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        runner(image)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=224)
@@ -65,7 +50,7 @@ def main(argv=None):
     import keras
     import tensorflow as tf
 
-    from keras_sepvit.export import to_tflite
+    from keras_sepvit.export import TFLiteRunner, median_latency_ms, to_tflite
 
     rng = np.random.default_rng(1)
     images = rng.uniform(0, 255, (args.calibration, args.size, args.size, 3)).astype("float32")
@@ -81,8 +66,9 @@ def main(argv=None):
                     sample_inputs=images[:1],
                 )
                 for threads in (1, 2):
-                    results[name, quantization, threads] = _latency_ms(
-                        path, images[:1], threads, args.runs
+                    runner = TFLiteRunner(path, num_threads=threads)
+                    results[name, quantization, threads] = median_latency_ms(
+                        runner, images[:1], args.runs
                     )
     header = (
         f"TFLite (LiteRT, XNNPACK) latency, batch 1, {args.size}x{args.size}, median of "

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -45,17 +44,6 @@ def parse_args(argv=None):
     p.add_argument("--calibration", type=int, default=200, help="int8 calibration images")
     p.add_argument("--runs", type=int, default=30, help="timed runs per latency figure")
     return p.parse_args(argv)  # fmt: skip
-
-
-def _median_latency_ms(run, image, runs, warmup=5):
-    for _ in range(warmup):
-        run(image)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run(image)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
 
 
 def _onnx_runner(path, threads):
@@ -126,8 +114,8 @@ def main(argv=None):
             "max_abs_diff": float(np.abs(outputs - keras_out).max()),
             "top1_agreement": float((outputs.argmax(-1) == keras_out.argmax(-1)).mean()),
             "accuracy": None if test_y is None else float((outputs.argmax(-1) == test_y).mean()),
-            "latency_ms_1t": _median_latency_ms(runner_for_threads(1), single, args.runs),
-            "latency_ms_2t": _median_latency_ms(runner_for_threads(2), single, args.runs),
+            "latency_ms_1t": export.median_latency_ms(runner_for_threads(1), single, args.runs),
+            "latency_ms_2t": export.median_latency_ms(runner_for_threads(2), single, args.runs),
         }
         rows.append(row)
         print(f"  {name}: done", flush=True)

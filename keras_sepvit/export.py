@@ -104,6 +104,20 @@ def _smoke_run_in_subprocess(path):
         )
 
 
+def median_latency_ms(run, inputs, runs=30, warmup=5):
+    """Median wall time in ms of `run(inputs)` over `runs` calls after `warmup` calls."""
+    import time
+
+    for _ in range(warmup):
+        run(inputs)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run(inputs)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
 def tflite_ops(path):
     """The set of op names in a .tflite file (builtins, or e.g. 'FlexErf' for Flex ops)."""
     from ai_edge_litert.interpreter import Interpreter
