@@ -4,6 +4,7 @@ from keras_sepvit.convert import load_official_weights
 from keras_sepvit.layers import (
     DropPath,
     GroupedSelfAttention,
+    LayerNorm,
     PositionEncoding,
     SeparableSelfAttention,
     SepViTBlock,
@@ -29,6 +30,7 @@ __all__ = [
     "MODEL_CONFIGS",
     "DropPath",
     "GroupedSelfAttention",
+    "LayerNorm",
     "PositionEncoding",
     "SepViT",
     "SepViTBase",

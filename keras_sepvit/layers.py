@@ -21,6 +21,15 @@ from keras import ops
 PACKAGE = "keras_sepvit"
 _MASK_VALUE = -1e4  # added to the logits of padded keys; exp() underflows to 0
 
+# Classes of the weight-carrying sublayers, looked up when a layer is built.
+# `keras_sepvit.qat.quantize_model` swaps in fake-quantized subclasses (same
+# weights, same config) while it builds the quantization-aware copy of a
+# model, so that there is one model definition; nothing else changes them.
+SUBLAYER_CLASSES = {
+    "Dense": keras.layers.Dense,
+    "DepthwiseConv2D": keras.layers.DepthwiseConv2D,
+}
+
 
 def gelu(x):
     """Exact (erf) GELU, as `torch.nn.GELU()` in the reference model."""
@@ -80,6 +89,34 @@ def _resize_matrix(size_out, size_in):
     src = ops.clip(src, 0.0, float(size_in - 1))
     taps = ops.cast(ops.arange(size_in), "float32")
     return ops.relu(1.0 - ops.abs(src[:, None] - taps[None, :]))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LayerNorm(keras.layers.LayerNormalization):
+    """LayerNormalization over the last axis, written with MUL instead of moments.
+
+    Same weights (`gamma`, `beta`), config and result as
+    `keras.layers.LayerNormalization(axis=-1)`, computed as
+    `(x - mean) * rsqrt(mean((x - mean) * (x - mean)) + eps) * gamma + beta`.
+    Keras' version takes the variance with `moments`, which converts to the
+    TFLite op SQUARED_DIFFERENCE; LiteRT has no 16-bit kernel for that op, so
+    an int16x8 file of the model would not run. SUB, MUL, MEAN and RSQRT
+    have int8 and int16 kernels.
+    """
+
+    def call(self, inputs):
+        if self.axis not in (-1, [-1], len(inputs.shape) - 1, [len(inputs.shape) - 1]):
+            raise ValueError(f"LayerNorm normalizes the last axis only. Received: axis={self.axis}")
+        x = ops.cast(inputs, "float32") if self.compute_dtype != "float32" else inputs
+        centered = x - ops.mean(x, axis=-1, keepdims=True)
+        variance = ops.mean(centered * centered, axis=-1, keepdims=True)
+        scale = ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            scale = scale * ops.cast(self.gamma, x.dtype)
+        outputs = centered * scale
+        if self.center:
+            outputs = outputs + ops.cast(self.beta, x.dtype)
+        return ops.cast(outputs, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -278,14 +315,12 @@ class SeparableSelfAttention(keras.layers.Layer):
             )
         self.head_dim = channels // self.num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = keras.layers.Dense(3 * channels, name="qkv", dtype=self.dtype_policy)
+        self.qkv = SUBLAYER_CLASSES["Dense"](3 * channels, name="qkv", dtype=self.dtype_policy)
         self.qkv.build(input_shape)
         if self.pointwise:
-            self.window_norm = keras.layers.LayerNormalization(
-                epsilon=1e-5, name="window_norm", dtype=self.dtype_policy
-            )
+            self.window_norm = LayerNorm(epsilon=1e-5, name="window_norm", dtype=self.dtype_policy)
             self.window_norm.build((None, None, channels))
-            self.pointwise_qk = keras.layers.Dense(
+            self.pointwise_qk = SUBLAYER_CLASSES["Dense"](
                 2 * channels, name="pointwise_qk", dtype=self.dtype_policy
             )
             self.pointwise_qk.build((None, None, channels))
@@ -299,7 +334,7 @@ class SeparableSelfAttention(keras.layers.Layer):
                 self.window_conv_bias = self.add_weight(
                     name="window_conv_bias", shape=(channels,), initializer="zeros"
                 )
-        self.proj = keras.layers.Dense(channels, name="proj", dtype=self.dtype_policy)
+        self.proj = SUBLAYER_CLASSES["Dense"](channels, name="proj", dtype=self.dtype_policy)
         self.proj.build((None, None, None, channels))
 
     def _heads_attention(self, q, k, v, bias=None):
@@ -406,7 +441,7 @@ class PositionEncoding(keras.layers.Layer):
     """
 
     def build(self, input_shape):
-        self.conv = keras.layers.DepthwiseConv2D(
+        self.conv = SUBLAYER_CLASSES["DepthwiseConv2D"](
             3, padding="same", name="conv", dtype=self.dtype_policy
         )
         self.conv.build(input_shape)
@@ -524,7 +559,7 @@ class SepViTBlock(keras.layers.Layer):
     def build(self, input_shape):
         channels = input_shape[-1]
         policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(epsilon=1e-6, name="norm1", dtype=policy)
+        self.norm1 = LayerNorm(epsilon=1e-6, name="norm1", dtype=policy)
         self.norm1.build(input_shape)
         if self.attention == "separable" and self.window_representation == "token":
             self.window_tokens = WindowTokens(
@@ -545,12 +580,12 @@ class SepViTBlock(keras.layers.Layer):
             dtype=policy,
         )
         self.attn.build((None, None, None, channels))
-        self.norm2 = keras.layers.LayerNormalization(epsilon=1e-6, name="norm2", dtype=policy)
+        self.norm2 = LayerNorm(epsilon=1e-6, name="norm2", dtype=policy)
         self.norm2.build(input_shape)
         hidden = int(channels * self.mlp_ratio)
-        self.fc1 = keras.layers.Dense(hidden, name="fc1", dtype=policy)
+        self.fc1 = SUBLAYER_CLASSES["Dense"](hidden, name="fc1", dtype=policy)
         self.fc1.build(input_shape)
-        self.fc2 = keras.layers.Dense(channels, name="fc2", dtype=policy)
+        self.fc2 = SUBLAYER_CLASSES["Dense"](channels, name="fc2", dtype=policy)
         self.fc2.build(tuple(input_shape[:-1]) + (hidden,))
         self.drop_path = DropPath(self.drop_path_rate, name="drop_path", dtype=policy)
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from keras_sepvit.layers import PositionEncoding, SepViTBlock
+from keras_sepvit.layers import LayerNorm, PositionEncoding, SepViTBlock
 
 # Table 1 of the paper; window sizes per block from the authors' code
 # (7 = DSSA, 14 = GSA, alternating in stages 2-3).
@@ -222,7 +222,7 @@ def SepViT(
         x = layers.Conv2D(channels[stage], kernel, strides=stride, name=f"{prefix}_embed_conv")(
             x
         )  # (B, H / stride, W / stride, C)
-        x = layers.LayerNormalization(epsilon=1e-5, name=f"{prefix}_embed_norm")(x)
+        x = LayerNorm(epsilon=1e-5, name=f"{prefix}_embed_norm")(x)
         for j in range(depths[stage]):
             attention, grid = block_attention(stage, window_sizes[stage][j])
             x = SepViTBlock(
@@ -241,7 +241,7 @@ def SepViT(
                 x = PositionEncoding(name=f"{prefix}_pos_encoding")(x)
         x = layers.Identity(name=f"{prefix}_output")(x)
 
-    x = layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
+    x = LayerNorm(epsilon=1e-6, name="norm")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         # float32 head: logits/probabilities stay stable under mixed precision.

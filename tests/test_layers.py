@@ -12,6 +12,7 @@ from keras_sepvit import layers as sepvit_layers
 from keras_sepvit.layers import (
     DropPath,
     GroupedSelfAttention,
+    LayerNorm,
     PositionEncoding,
     SeparableSelfAttention,
     SepViTBlock,
@@ -74,6 +75,7 @@ LAYER_CASES = {
         {},
     ),
     "position_encoding": (lambda: PositionEncoding(), lambda: (_rand(2, 7, 7, 8),), {}),
+    "layer_norm": (lambda: LayerNorm(epsilon=1e-5), lambda: (_rand(2, 7, 7, 8),), {}),
     "drop_path": (lambda: DropPath(0.3, seed=1), lambda: (_rand(2, 7, 7, 8),), {}),
     "block_separable": (
         lambda: SepViTBlock(2, 7, token_grid=(2, 2), drop_path_rate=0.1),
@@ -131,6 +133,22 @@ def test_layer_serialization_round_trip(case):
             ops.convert_to_numpy(copy(*inputs, **kwargs)), expected, rtol=1e-6, atol=1e-6
         )
     assert tuple(layer.compute_output_shape(*[_shape(i) for i in inputs])) == expected.shape
+
+
+def test_layer_norm_equals_keras_layer_normalization():
+    """Same weights, same numbers as Keras' LayerNormalization (variance via MUL)."""
+    x = _rand(2, 5, 7, 16) * 3.0 + 1.5
+    ours, theirs = LayerNorm(epsilon=1e-6), keras.layers.LayerNormalization(epsilon=1e-6)
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    _randomize(ours)
+    theirs.set_weights(ours.get_weights())
+    assert [w.path.split("/")[-1] for w in ours.weights] == ["gamma", "beta"]
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(theirs(x)), atol=2e-6
+    )
+    with pytest.raises(ValueError, match="last axis only"):
+        LayerNorm(axis=1)(x)
 
 
 def _shape(x):
