@@ -3,8 +3,10 @@
     python export/export_model.py --model runs/digits/model.keras --out runs/digits/export
     python export/export_model.py --variant lite --out runs/lite_export   # a fresh model
 
-Writes float32 / float16 / dynamic-range / int8 TFLite files (builtin ops
-only) and an ONNX file (int16x8 on request), each loaded back and checked, then prints
+Writes float32 / float16 / dynamic-range / int8 / int16x8 TFLite files
+(builtin ops only), an int8 file after quantization-aware fine-tuning
+(int8-qat: `keras_sepvit.qat`, --qat-epochs on the digits training split)
+and an ONNX file, each loaded back and checked, then prints
 and saves (report.md, report.json) a table: file size, max |output
 difference| against Keras, top-1 agreement with Keras, held-out accuracy
 (the digits test split for the digits model) and batch-1 latency (median
@@ -20,10 +22,8 @@ import sys
 
 import numpy as np
 
-FORMATS = ("float32", "float16", "dynamic", "int8", "int16x8", "onnx")
-# int16x8 files do not run yet: LiteRT has no 16-bit SQUARED_DIFFERENCE kernel
-# (LayerNorm's variance), so it is opt-in with --formats.
-DEFAULT_FORMATS = ("float32", "float16", "dynamic", "int8", "onnx")
+FORMATS = ("float32", "float16", "dynamic", "int8", "int16x8", "int8-qat", "onnx")
+DEFAULT_FORMATS = FORMATS
 
 
 def parse_args(argv=None):
@@ -43,6 +43,8 @@ def parse_args(argv=None):
     )
     p.add_argument("--calibration", type=int, default=200, help="int8 calibration images")
     p.add_argument("--runs", type=int, default=30, help="timed runs per latency figure")
+    p.add_argument("--qat-epochs", type=int, default=2, help="int8-qat fine-tuning epochs")
+    p.add_argument("--qat-lr", type=float, default=2e-5, help="int8-qat peak learning rate")
     return p.parse_args(argv)  # fmt: skip
 
 
@@ -137,8 +139,52 @@ def main(argv=None):
     return rows
 
 
+def _qat_model(model, args, calibration):
+    """Quantization-aware fine-tuning on the digits training split (keras_sepvit.qat)."""
+    import time
+
+    import keras
+
+    from keras_sepvit import data, qat, training
+
+    if args.heldout != "digits":
+        raise RuntimeError("int8-qat fine-tunes on the digits training split: use --heldout digits")
+    if args.qat_epochs < 1:
+        raise RuntimeError(f"int8-qat needs --qat-epochs >= 1. Received: {args.qat_epochs}")
+    names = [str(i) for i in range(10)]
+    train = data.array_split(*data.digits_splits(0)["train"], class_names=names)
+    pipeline = dict(image_size=model.input_shape[1], randaugment=False, random_erasing=0.0,
+                    mixup_alpha=0.0, cutmix_alpha=0.0, crop_scale=(0.6, 1.0),
+                    crop_fraction=1.0, flip=False, seed=0)  # fmt: skip  # the demo's
+    train_ds = data.make_dataset(train, True, 64, **pipeline)
+    steps = data.steps_per_epoch(train.num_examples, 64)
+    qat_model = qat.quantize_model(model, calibration)
+    optimizer = training.make_optimizer(
+        qat_model, args.qat_lr, steps * args.qat_epochs, 0, min_learning_rate=0.0
+    )
+    probabilities = model.layers[-1].get_config().get("activation") == "softmax"
+    loss = keras.losses.CategoricalCrossentropy(from_logits=not probabilities)
+    qat_model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    start = time.perf_counter()
+    qat_model.fit(train_ds, epochs=args.qat_epochs, steps_per_epoch=steps, verbose=2)
+    print(f"  int8-qat: {args.qat_epochs} epochs in {time.perf_counter() - start:.0f} s")
+    return qat_model
+
+
 def _export_one(fmt, model, args, test_x, calibration, row, export):
     """Writes one format, checks it, and adds its report row."""
+    if fmt == "int8-qat":
+        path = export.to_tflite(
+            _qat_model(model, args, calibration),
+            os.path.join(args.out, "model_int8_qat.tflite"),
+            quantization="int8",
+            representative_data=calibration,
+            sample_inputs=test_x[:8],
+        )
+        row(f"tflite int8 QAT {args.qat_epochs} ep (LiteRT)", path,
+            export.TFLiteRunner(path, num_threads=2)(test_x),
+            lambda t, p=path: export.TFLiteRunner(p, num_threads=t))  # fmt: skip
+        return
     if fmt == "onnx":
         path = export.to_onnx(model, os.path.join(args.out, "model.onnx"), sample_inputs=test_x[:8])
         row("onnx (ONNX Runtime)", path, _onnx_runner(path, 2)(test_x),

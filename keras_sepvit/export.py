@@ -156,6 +156,27 @@ class TFLiteRunner:
         return np.stack(outputs)
 
 
+def _check_int16_layer_norms(model):
+    """int16x8 needs `keras_sepvit.layers.LayerNorm`: Keras' LayerNormalization
+    converts to SQUARED_DIFFERENCE, which LiteRT cannot run in 16 bits."""
+    import keras
+
+    legacy = [
+        layer.path if hasattr(layer, "path") else layer.name
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if type(layer) is keras.layers.LayerNormalization
+    ]
+    if legacy:
+        raise ValueError(
+            "quantization='int16x8' needs keras_sepvit.layers.LayerNorm: LiteRT has no 16-bit "
+            "kernel for the SQUARED_DIFFERENCE op of keras.layers.LayerNormalization. This "
+            f"model has {len(legacy)} of those (e.g. {legacy[0]!r}; a model saved by "
+            "keras-sepvit 0.1). Rebuild it with keras_sepvit and copy the weights: "
+            "new = keras_sepvit.SepViTLite(...same arguments...); "
+            "new.set_weights(model.get_weights())"
+        )
+
+
 def to_tflite(
     model,
     path,
@@ -189,7 +210,8 @@ def to_tflite(
 
     Raises:
         ValueError: before any conversion, for an unknown `quantization`,
-            missing representative data, or a path that cannot be written.
+            missing representative data, a path that cannot be written, or
+            int16x8 of a model with Keras' own LayerNormalization.
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(
@@ -203,6 +225,8 @@ def to_tflite(
         )
     path = _check_output_path(path, ".tflite")
     _static_input_shape(model)
+    if quantization == "int16x8":
+        _check_int16_layer_norms(model)
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -221,7 +245,7 @@ def to_tflite(
     elif quantization == "int16x8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative_dataset(representative_data)
-        # Ops without a 16x8 kernel (NEG in LayerNorm) stay float32 builtins.
+        # An op the converter knows has no 16x8 kernel stays a float32 builtin.
         ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
             tf.lite.OpsSet.TFLITE_BUILTINS,
