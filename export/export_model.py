@@ -3,8 +3,9 @@
     python export/export_model.py --model runs/digits/model.keras --out runs/digits/export
     python export/export_model.py --variant lite --out runs/lite_export   # a fresh model
 
-Writes float32 / float16 / dynamic-range / int8 / int16x8 TFLite files
-(builtin ops only), an int8 file after quantization-aware fine-tuning
+Writes float32 / float16 / dynamic-range / int8 (attention internals float)
+/ int8-full (full integer) / int16x8 TFLite files (builtin ops only), an
+int8 file after quantization-aware fine-tuning
 (int8-qat: `keras_sepvit.qat`, --qat-epochs on the digits training split)
 and an ONNX file, each loaded back and checked, then prints
 and saves (report.md, report.json) a table: file size, max |output
@@ -22,7 +23,7 @@ import sys
 
 import numpy as np
 
-FORMATS = ("float32", "float16", "dynamic", "int8", "int16x8", "int8-qat", "onnx")
+FORMATS = ("float32", "float16", "dynamic", "int8", "int8-full", "int16x8", "int8-qat", "onnx")
 DEFAULT_FORMATS = FORMATS
 
 

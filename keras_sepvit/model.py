@@ -162,6 +162,7 @@ def SepViT(
     window_token="learnable",
     window_representation="token",
     mlp_ratio=4.0,
+    attention=None,
     name="sepvit",
 ):
     """Builds a SepViT from a per-stage configuration (see `MODEL_CONFIGS`).
@@ -172,8 +173,14 @@ def SepViT(
         num_heads: 4 ints. Attention heads per stage.
         window_sizes: 4 tuples, one window size per block of each stage.
         mlp_ratio: float. MLP expansion ratio. Defaults to 4.
+        attention: None (the paper's per-block attention) or "global": every
+            block attends over its whole map, a plain global-attention ViT of
+            the same widths and depths (the quadratic baseline of the
+            paper's complexity analysis; no window tokens, no PWA weights).
         Other arguments: as in `SepViTLite`.
     """
+    if attention not in (None, "global"):
+        raise ValueError(f'`attention` must be None or "global". Received: attention={attention!r}')
     stage_args = {"depths": depths, "channels": channels, "num_heads": num_heads}
     for arg, value in stage_args.items():
         if len(value) != len(STAGE_STRIDES):
@@ -224,11 +231,13 @@ def SepViT(
         )  # (B, H / stride, W / stride, C)
         x = LayerNorm(epsilon=1e-5, name=f"{prefix}_embed_norm")(x)
         for j in range(depths[stage]):
-            attention, grid = block_attention(stage, window_sizes[stage][j])
+            kind, grid = block_attention(stage, window_sizes[stage][j])
+            if attention == "global":
+                kind, grid = "global", None
             x = SepViTBlock(
                 num_heads[stage],
                 window_size=window_sizes[stage][j],
-                attention=attention,
+                attention=kind,
                 token_grid=grid,
                 window_token=window_token,
                 window_representation=window_representation,

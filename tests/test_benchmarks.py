@@ -15,3 +15,10 @@ def test_edge_latency_quick(load_script, capsys):
     assert {(k[1], k[2]) for k in results} == {(None, 1), (None, 2), ("int8", 1), ("int8", 2)}
     assert all(ms > 0 for ms in results.values())
     assert "SepViT-Lite / model" in capsys.readouterr().out
+
+
+def test_onnx_latency_quick(load_script, capsys):
+    results = load_script("benchmarks", "onnx_latency").main(["--quick"])
+    assert set(results) == {(m, t) for m in ("SepViT-Lite", "PVTv2-b0") for t in (1, 2)}
+    assert all(ms > 0 for ms in results.values())
+    assert "| PVTv2-b0 | 3.7 |" in capsys.readouterr().out  # the peer has b0's size
