@@ -22,3 +22,41 @@ def test_onnx_latency_quick(load_script, capsys):
     assert set(results) == {(m, t) for m in ("SepViT-Lite", "PVTv2-b0") for t in (1, 2)}
     assert all(ms > 0 for ms in results.values())
     assert "| PVTv2-b0 | 3.7 |" in capsys.readouterr().out  # the peer has b0's size
+
+
+def test_inference_throughput_quick(load_script, capsys):
+    results = load_script("benchmarks", "inference_throughput").main(["--quick"])
+    assert set(results) == {(m, j) for m in ("SepViT-T", "ConvNeXtTiny") for j in (False, True)}
+    assert all(rate > 0 for rate in results.values())
+    assert "SepViT-T / ConvNeXt-T" in capsys.readouterr().out
+
+
+def test_resolution_scaling_quick(load_script, capsys):
+    module = load_script("benchmarks", "resolution_scaling")
+    results = module.main(["--quick"])
+    assert set(results) == {(m, s) for m in module.MODELS for s in (64, 128)}
+    for r in results.values():
+        assert r["ms"] > 0 and r["peak_mib"] >= 0, r
+    # The analysis the full run illustrates: windowed scores grow linearly
+    # with pixels, global ones quadratically.
+    assert module.attention_gib(448, True) / module.attention_gib(224, True) == 16
+    assert module.attention_gib(448, False) / module.attention_gib(224, False) == 4
+    assert "SepViT-T / global" in capsys.readouterr().out
+
+
+def test_gpu_throughput_script_runs_on_jax_and_torch_without_tensorflow():
+    """The GPU script's quick mode on the CPU: SepViT on the JAX backend never
+    imports TensorFlow (the GPU machine has none)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=root)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "gpu_throughput.py"), "--quick"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SepViT-T: " in proc.stdout and "TensorFlow imported: False" in proc.stdout
+    assert "| Swin-T |" in proc.stdout and "SepViT / model" in proc.stdout
