@@ -100,12 +100,15 @@ class _ActivationQuantizer:
     """Moving-average ranges of a layer's input and output, and their fake quantization.
 
     The input range covers what feeds the matrix product (LayerNorm, GELU and
-    attention outputs), the output range what leaves it.
+    attention outputs), the output range what leaves it. Subclasses give the
+    product with the fake-quantized kernel (`_product`); bias, activation and
+    both fake quantizations are shared here.
     """
 
     ema_decay = 0.999
 
-    def _build_ranges(self):
+    def build(self, input_shape):
+        super().build(input_shape)
         for name in RANGE_NAMES:
             setattr(
                 self,
@@ -113,6 +116,14 @@ class _ActivationQuantizer:
                 self.add_weight(name=name, shape=(), initializer="zeros", trainable=False),
             )
         self.calibrating = False
+
+    def call(self, inputs, training=None):
+        outputs = self._product(self._fake_quant(inputs, "input", training))
+        if self.use_bias:
+            outputs = outputs + self.bias
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return self._fake_quant(outputs, "output", training)
 
     def _fake_quant(self, x, which, training):
         import tensorflow as tf
@@ -137,64 +148,33 @@ class _ActivationQuantizer:
 class QuantizedDense(_ActivationQuantizer, keras.layers.Dense):
     """`keras.layers.Dense` with fake-quantized kernel and output (same weights)."""
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_ranges()
-
-    def call(self, inputs, training=None):
-        inputs = self._fake_quant(inputs, "input", training)
+    def _product(self, inputs):
         # Per tensor: the converter transposes a Dense kernel into FULLY_CONNECTED's
         # (out, in) layout and refuses a per-channel fake quant across it (as tfmot).
-        outputs = ops.matmul(inputs, _fake_quant_weight(self.kernel, per_channel=False))
-        if self.use_bias:
-            outputs = outputs + self.bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return self._fake_quant(outputs, "output", training)
+        return ops.matmul(inputs, _fake_quant_weight(self.kernel, per_channel=False))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class QuantizedConv2D(_ActivationQuantizer, keras.layers.Conv2D):
     """`keras.layers.Conv2D` (channels_last) with fake-quantized kernel and output."""
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_ranges()
-
-    def call(self, inputs, training=None):
-        inputs = self._fake_quant(inputs, "input", training)
-        outputs = self.convolution_op(inputs, _fake_quant_weight(self.kernel))
-        if self.use_bias:
-            outputs = outputs + self.bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return self._fake_quant(outputs, "output", training)
+    def _product(self, inputs):
+        return self.convolution_op(inputs, _fake_quant_weight(self.kernel))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class QuantizedDepthwiseConv2D(_ActivationQuantizer, keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` (channels_last) with fake-quantized kernel and output."""
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_ranges()
-
-    def call(self, inputs, training=None):
-        inputs = self._fake_quant(inputs, "input", training)
-        kernel = _fake_quant_weight(self.kernel, depthwise=True)
-        outputs = ops.depthwise_conv(
+    def _product(self, inputs):
+        return ops.depthwise_conv(
             inputs,
-            kernel,
+            _fake_quant_weight(self.kernel, depthwise=True),
             strides=self.strides,
             padding=self.padding,
             dilation_rate=self.dilation_rate,
             data_format=self.data_format,
         )
-        if self.use_bias:
-            outputs = outputs + self.bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return self._fake_quant(outputs, "output", training)
 
 
 _QUANTIZED = {
