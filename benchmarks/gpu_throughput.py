@@ -18,7 +18,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -52,14 +51,10 @@ def _torch_peer(name):
 
 
 def _median_rate(step, batch_size, runs):
-    for _ in range(3):  # compile and warm up
-        step()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return batch_size / float(np.median(times))
+    from keras_sepvit.export import median_latency_ms
+
+    ms = median_latency_ms(lambda _: step(), None, runs, warmup=3)  # compile and warm up
+    return batch_size / (ms / 1000.0)
 
 
 def sepvit_rate(name, batch_size, size, runs, mixed):

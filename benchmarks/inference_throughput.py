@@ -14,7 +14,6 @@ PNG plot to benchmarks/results/.
 import argparse
 import os
 import platform
-import time
 
 import numpy as np
 
@@ -34,17 +33,14 @@ def _models(size):
 def images_per_second(model, batch_size, runs, size, jit_compile):
     import tensorflow as tf
 
+    from keras_sepvit.export import median_latency_ms
+
     forward = tf.function(lambda x: model(x, training=False), jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 255, (batch_size, size, size, 3)), tf.float32)
-    for _ in range(2):  # trace/compile and warm up
-        forward(x).numpy()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        forward(x).numpy()
-        times.append(time.perf_counter() - start)
-    return batch_size / float(np.median(times))
+    # 2 warm-up calls trace/compile; .numpy() waits for the result.
+    ms = median_latency_ms(lambda x: forward(x).numpy(), x, runs, warmup=2)
+    return batch_size / (ms / 1000.0)
 
 
 def main(argv=None):

@@ -27,10 +27,11 @@ import numpy as np
 MODELS = ("SepViT-T", "global ViT (same width)")
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, resource, sys
 import numpy as np
 import tensorflow as tf
 import keras_sepvit
+from keras_sepvit.export import median_latency_ms
 name, size, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 attention = None if name == "SepViT-T" else "global"
 model = keras_sepvit.SepViT(**keras_sepvit.MODEL_CONFIGS["tiny"], include_top=False,
@@ -39,14 +40,9 @@ forward = tf.function(lambda x: model(x, training=False))
 x = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)), tf.float32)
 forward.get_concrete_function(x)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-forward(x).numpy()
-times = []
-for _ in range(runs):
-    start = time.perf_counter()
-    forward(x).numpy()
-    times.append((time.perf_counter() - start) * 1e3)
+ms = median_latency_ms(lambda x: forward(x).numpy(), x, runs, warmup=1)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print("RESULT " + json.dumps({"ms": float(np.median(times)), "peak_mib": (after - before) / 1024}))
+print("RESULT " + json.dumps({"ms": ms, "peak_mib": (after - before) / 1024}))
 """
 
 

@@ -10,7 +10,6 @@ SepViT / peer as a Markdown table and writes it to benchmarks/results/.
 import argparse
 import os
 import platform
-import time
 
 import numpy as np
 
@@ -35,14 +34,11 @@ def images_per_second(model, batch_size, steps, size, jit_compile):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch_size, size, size, 3)).astype("float32")
     y = np.eye(model.output_shape[-1], dtype="float32")[rng.integers(0, 1000, batch_size)]
-    for _ in range(2):  # trace/compile and warm up
-        model.train_on_batch(x, y)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        model.train_on_batch(x, y)
-        times.append(time.perf_counter() - start)
-    return batch_size / float(np.median(times))
+    from keras_sepvit.export import median_latency_ms
+
+    # 2 warm-up steps trace/compile.
+    ms = median_latency_ms(lambda _: model.train_on_batch(x, y), None, steps, warmup=2)
+    return batch_size / (ms / 1000.0)
 
 
 def main(argv=None):
