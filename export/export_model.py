@@ -174,31 +174,24 @@ def _qat_model(model, args, calibration):
 
 def _export_one(fmt, model, args, test_x, calibration, row, export):
     """Writes one format, checks it, and adds its report row."""
-    if fmt == "int8-qat":
-        path = export.to_tflite(
-            _qat_model(model, args, calibration),
-            os.path.join(args.out, "model_int8_qat.tflite"),
-            quantization="int8",
-            representative_data=calibration,
-            sample_inputs=test_x[:8],
-        )
-        row(f"tflite int8 QAT {args.qat_epochs} ep (LiteRT)", path,
-            export.TFLiteRunner(path, num_threads=2)(test_x),
-            lambda t, p=path: export.TFLiteRunner(p, num_threads=t))  # fmt: skip
-        return
     if fmt == "onnx":
         path = export.to_onnx(model, os.path.join(args.out, "model.onnx"), sample_inputs=test_x[:8])
         row("onnx (ONNX Runtime)", path, _onnx_runner(path, 2)(test_x),
             lambda t, p=path: _onnx_runner(p, t))  # fmt: skip
         return
+    source, quantization = model, None if fmt == "float32" else fmt
+    name, filename = f"tflite {fmt} (LiteRT)", f"model_{fmt}.tflite"
+    if fmt == "int8-qat":  # int8 of the QAT-fine-tuned copy
+        source, quantization = _qat_model(model, args, calibration), "int8"
+        name, filename = f"tflite int8 QAT {args.qat_epochs} ep (LiteRT)", "model_int8_qat.tflite"
     path = export.to_tflite(
-        model,
-        os.path.join(args.out, f"model_{fmt}.tflite"),
-        quantization=None if fmt == "float32" else fmt,
+        source,
+        os.path.join(args.out, filename),
+        quantization=quantization,
         representative_data=calibration,
         sample_inputs=test_x[:8],
     )
-    row(f"tflite {fmt} (LiteRT)", path, export.TFLiteRunner(path, num_threads=2)(test_x),
+    row(name, path, export.TFLiteRunner(path, num_threads=2)(test_x),
         lambda t, p=path: export.TFLiteRunner(p, num_threads=t))  # fmt: skip
 
 
