@@ -4,6 +4,22 @@ Each function converts, loads the file back in the runtime that will serve it
 (LiteRT interpreter, ONNX Runtime), compares it with the Keras model on sample
 inputs and returns the path. TensorFlow backend; the TFLite files use builtin
 ops only (no Flex), which `tflite_ops` lets you check.
+
+TFLite files are converted from `keras_sepvit.inference.inference_model`:
+static batch 1 by default, input normalisation folded into the stem
+convolution, attention scale folded into the queries (exact). The TFLite
+quantization modes, and which to pick:
+
+| mode | what is int8 | for | input / output |
+|---|---|---|---|
+| None ("float32") | nothing | reference; GPU delegates | float32 |
+| "float16" | nothing (float16 weights) | GPU delegates | float32 |
+| "dynamic" | weights of matrix ops; activations per inference | CPU, no calibration | float32 |
+| "int8" | matrix ops, data movement (zero points 0) | CPU (XNNPACK): the fast one | float32 |
+| "int8-full" | every op, int8 input and output | integer-only NPUs / DSPs | int8 |
+| "int16x8" | weights int8, activations int16 | accuracy-critical integer NPUs | float32 |
+
+See `keras_sepvit.tflite_quantization` for the "int8" recipe and why.
 """
 
 import os
@@ -11,7 +27,7 @@ import re
 
 import numpy as np
 
-QUANTIZATIONS = (None, "float16", "dynamic", "int8", "int8-full", "int16x8")
+QUANTIZATIONS = (None, "float32", "float16", "dynamic", "int8", "int8-full", "int16x8")
 _CALIBRATED = ("int8", "int8-full", "int16x8")
 
 
@@ -141,25 +157,37 @@ class TFLiteRunner:
         self.output = self.interpreter.get_output_details()[0]
 
     def __call__(self, images):
-        outputs = []
-        for image in np.asarray(images, "float32"):
-            x = image[None]
-            scale, zero = self.input["quantization"]
-            if self.input["dtype"] != np.float32:
-                info = np.iinfo(self.input["dtype"])
-                x = np.clip(np.round(x / scale + zero), info.min, info.max)
-            self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
-            self.interpreter.invoke()
-            y = self.interpreter.get_tensor(self.output["index"])
-            scale, zero = self.output["quantization"]
-            if self.output["dtype"] != np.float32:
-                y = (y.astype("float32") - zero) * scale
-            outputs.append(y[0])
-        return np.stack(outputs)
+        images = np.asarray(images, "float32")
+        batch = int(self.input["shape_signature"][0])
+        if batch <= 1:  # batch 1 or a dynamic batch: one image at a time
+            return np.stack([self._invoke(image[None])[0] for image in images])
+        outputs = []  # a static batch of N: groups of N, the last one padded
+        for start in range(0, len(images), batch):
+            group = images[start : start + batch]
+            padded = np.concatenate([group, np.repeat(group[-1:], batch - len(group), 0)])
+            outputs.append(self._invoke(padded)[: len(group)])
+        return np.concatenate(outputs)
+
+    def _invoke(self, x):
+        scale, zero = self.input["quantization"]
+        if self.input["dtype"] != np.float32:
+            info = np.iinfo(self.input["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
+        self.interpreter.invoke()
+        y = self.interpreter.get_tensor(self.output["index"])
+        scale, zero = self.output["quantization"]
+        if self.output["dtype"] != np.float32:
+            y = (y.astype("float32") - zero) * scale
+        return y
 
 
 def float_attention_tensors(model, tensor_names):
-    """The tensors of a converted model that "int8" keeps in float32.
+    """The tensors of a converted QAT model that "int8" keeps in float32.
+
+    (Models fine-tuned with `keras_sepvit.qat` are converted by the TFLite
+    converter, which honours their trained fake-quantization ranges; other
+    models go through `keras_sepvit.tflite_quantization`.)
 
     Everything inside the model's attention layers (`SeparableSelfAttention`)
     except matrix products: the score scaling, softmax, window-token concat,
@@ -225,69 +253,24 @@ def _check_int16_layer_norms(model):
         )
 
 
-def to_tflite(
-    model,
-    path,
-    quantization=None,
-    representative_data=None,
-    sample_inputs=None,
-    tolerance=None,
-):
-    """Converts a Keras model to a builtin-ops-only .tflite file and checks it.
+def _head_layer_names(model):
+    """Top-level Dense layers: the classifier head ("int8" keeps it dynamic-range)."""
+    import keras
 
-    Args:
-        model: a Keras model with a static input shape (TensorFlow backend).
-        path: output `.tflite` path.
-        quantization: None (float32), "float16" (float16 weights),
-            "dynamic" (int8 weights, float activations), "int8" (int8
-            weights and activations, with the attention layers' internals
-            but not their matrix products kept float32; float32 input and
-            output; see `float_attention_tensors`), "int8-full" (full integer:
-            every op int8, int8 input/output, for integer-only NPUs) or
-            "int16x8" (int16 activations, int8 weights).
-        representative_data: calibration images for "int8", "int8-full" and "int16x8": an
-            array (N, H, W, C), a tf.data dataset of `(images, labels)`
-            batches (e.g. from `keras_sepvit.data.make_dataset`), or an
-            iterable of batches. Up to 200 images are used.
-        sample_inputs: images to compare Keras and TFLite on; defaults to
-            random images at the model's input size.
-        tolerance: max |output difference| allowed in the check; defaults to
-            1e-4 for float32 and 1e-2 for float16; quantized files are checked
-            to run and give finite outputs (their accuracy is measured by the
-            export report).
+    return [layer.name for layer in model.layers if isinstance(layer, keras.layers.Dense)]
 
-    Returns:
-        The path of the file, after it was loaded and checked.
 
-    Raises:
-        ValueError: before any conversion, for an unknown `quantization`,
-            missing representative data, a path that cannot be written, or
-            int16x8 of a model with Keras' own LayerNormalization.
-    """
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(
-            f"`quantization` must be one of {QUANTIZATIONS}. "
-            f"Received: quantization={quantization!r}"
-        )
-    if quantization in _CALIBRATED and representative_data is None:
-        raise ValueError(
-            f"quantization={quantization!r} calibrates activation ranges and needs "
-            "`representative_data` (e.g. a few hundred training images). Received: None"
-        )
-    path = _check_output_path(path, ".tflite")
-    _static_input_shape(model)
-    if quantization == "int16x8":
-        _check_int16_layer_norms(model)
+def _convert(converter_source, quantization, representative_data, qat_model):
+    """The TFLite converter's bytes for float32/float16/int8-full/int16x8 and
+    the QAT model's int8."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(converter_source)
     ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif quantization == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantization == "int8":  # float fallback for the attention internals
+    elif quantization == "int8":  # a QAT model: its fake-quant ranges, attention internals float
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative_dataset(representative_data)
         ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -307,12 +290,104 @@ def to_tflite(
         ]
     converter.target_spec.supported_ops = ops
     if quantization == "int8":
-        blob = _int8_with_float_attention(converter, model, representative_data)
-    else:
-        blob = converter.convert()
+        return _int8_with_float_attention(converter, qat_model, representative_data)
+    return converter.convert()
+
+
+def _calibration_images(representative_data, limit=200):
+    return np.concatenate([b[0] for b in _representative_dataset(representative_data, limit)()])
+
+
+def to_tflite(
+    model,
+    path,
+    quantization=None,
+    representative_data=None,
+    sample_inputs=None,
+    tolerance=None,
+    batch_size=1,
+):
+    """Converts a Keras model to a builtin-ops-only .tflite file and checks it.
+
+    Args:
+        model: a Keras model with a static input shape (TensorFlow backend).
+        path: output `.tflite` path.
+        quantization: None or "float32", "float16", "dynamic", "int8",
+            "int8-full" or "int16x8"; the module docstring's table says
+            which to pick. "int8" is the fast CPU (XNNPACK) file: int8 matrix
+            products and data movement with zero-point-0 activations, float
+            LayerNorm/GELU/softmax, float32 input and output
+            (`keras_sepvit.tflite_quantization`). A model fine-tuned with
+            `keras_sepvit.qat` is converted by the TFLite converter with its
+            trained ranges instead.
+        representative_data: calibration images for "int8", "int8-full" and "int16x8": an
+            array (N, H, W, C), a tf.data dataset of `(images, labels)`
+            batches (e.g. from `keras_sepvit.data.make_dataset`), or an
+            iterable of batches. Up to 200 images are used.
+        sample_inputs: images to compare Keras and TFLite on; defaults to
+            random images at the model's input size.
+        tolerance: max |output difference| allowed in the check; defaults to
+            1e-4 for float32 and 1e-2 for float16; quantized files are checked
+            to run and give finite outputs (their accuracy is measured by the
+            export report).
+        batch_size: the file's static batch (default 1, what a phone runs),
+            or None for a dynamic batch (shape ops that XNNPACK does not
+            run; about 10% slower at batch 1).
+
+    Returns:
+        The path of the file, after it was loaded and checked.
+
+    Raises:
+        ValueError: before any conversion, for an unknown `quantization`,
+            missing representative data, a bad `batch_size`, a path that
+            cannot be written, or int16x8 of a model with Keras' own
+            LayerNormalization.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"`quantization` must be one of {QUANTIZATIONS}. "
+            f"Received: quantization={quantization!r}"
+        )
+    if quantization == "float32":
+        quantization = None
+    if quantization in _CALIBRATED and representative_data is None:
+        raise ValueError(
+            f"quantization={quantization!r} calibrates activation ranges and needs "
+            "`representative_data` (e.g. a few hundred training images). Received: None"
+        )
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(
+            "`batch_size` must be a positive int or None (dynamic). "
+            f"Received: batch_size={batch_size!r}"
+        )
+    path = _check_output_path(path, ".tflite")
+    _static_input_shape(model)
+    if quantization == "int16x8":
+        _check_int16_layer_norms(model)
+    from keras_sepvit import inference, tflite_quantization
+
+    source = inference.inference_model(model, batch_size)
+    qat_model = inference._has_fake_quantization(model)
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(blob)
+    if quantization in ("int8", "dynamic") and not qat_model:
+        _write_bytes(_convert(source, None, None, None), tmp + ".float")
+        try:
+            if quantization == "dynamic":
+                tflite_quantization.quantize_dynamic(tmp + ".float", tmp)
+            else:
+                tflite_quantization.quantize_int8_xnnpack(
+                    tmp + ".float",
+                    tmp,
+                    _calibration_images(representative_data),
+                    head_names=_head_layer_names(model),
+                    stem_names=inference.folded_stem_names(source),
+                )
+        finally:
+            os.remove(tmp + ".float")
+    else:
+        _write_bytes(_convert(source, quantization, representative_data, model), tmp)
     os.replace(tmp, path)
 
     if quantization in _CALIBRATED:
@@ -334,6 +409,11 @@ def to_tflite(
                 f"{path} differs from the Keras model by {diff:.2e} > tolerance {tolerance}"
             )
     return path
+
+
+def _write_bytes(blob, path):
+    with open(path, "wb") as f:
+        f.write(blob)
 
 
 def _onnx_function(model):

@@ -339,7 +339,9 @@ class SeparableSelfAttention(keras.layers.Layer):
 
     def _heads_attention(self, q, k, v, bias=None):
         """q, k: (N, h, Tq|Tk, d), v: (N, h, Tk, e) -> (N, h, Tq, e)."""
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * self.scale  # (N, h, Tq, Tk)
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (N, h, Tq, Tk)
+        if self.scale != 1.0:  # 1.0 once folded into the queries (keras_sepvit.inference)
+            scores = scores * self.scale
         scores = ops.cast(scores, "float32")
         if bias is not None:
             scores = scores + bias

@@ -1,0 +1,127 @@
+"""Quantization recipes for LiteRT's CPU path (XNNPACK), with ai-edge-quantizer.
+
+Why ai-edge-quantizer and not the TFLite converter's post-training
+quantization: the converter calibrates every activation with an asymmetric
+range (a non-zero zero point) and has no switch for symmetric ones. XNNPACK
+only takes an int8 BATCH_MATMUL whose second operand has zero point 0; the
+others fall back to TFLite's reference kernel, which made the converter's
+int8 SepViT-Lite 1.7-2.4x slower than float32 (4/34 attention matmuls
+delegated). ai-edge-quantizer (Google's LiteRT quantizer) quantizes a float
+.tflite file per op type and per tensor-name regex, with symmetric
+activation ranges, so the recipe below puts every matmul in XNNPACK.
+
+The `"int8"` recipe (chosen by measurement; README "Edge export"):
+- int8, symmetric (zero point 0) per-tensor activations and symmetric
+  per-channel weights: FULLY_CONNECTED, BATCH_MATMUL, CONV_2D,
+  DEPTHWISE_CONV_2D and the data movement between them (TRANSPOSE,
+  RESHAPE, CONCATENATION, PAD, STRIDED_SLICE), all run by XNNPACK;
+- float32 (XNNPACK float kernels): LayerNorm arithmetic (MEAN, SUB, MUL,
+  RSQRT, ADD), GELU, SOFTMAX and the residual ADDs. Their int8 kernels are
+  TFLite builtins outside XNNPACK (slower than float), and int8 residual
+  ADDs cost more in QUANTIZE/DEQUANTIZE pairs than they saved (measured);
+- the stem (the folded normalisation's padding and convolution) with an
+  asymmetric input range: raw pixels are in [0, 255], and a symmetric
+  range would waste one of the 8 bits;
+- the classifier head (top-level Dense layers) dynamic-range (int8 weights,
+  activations quantized at run time): a calibrated output range clipped the
+  logits.
+The file keeps float32 input and output.
+
+`"dynamic"`: ai-edge-quantizer's `dynamic_wi8_afp32` (int8 weights for
+every matrix op, activations quantized per inference by XNNPACK's QD8
+kernels); no calibration.
+"""
+
+import os
+
+import numpy as np
+
+
+def _symmetric_config(weight_granularity="CHANNELWISE", activation_symmetric=True):
+    from ai_edge_quantizer import qtyping
+
+    tensor = qtyping.TensorQuantizationConfig
+    return qtyping.OpQuantizationConfig(
+        activation_tensor_config=tensor(
+            num_bits=8,
+            symmetric=activation_symmetric,
+            granularity=qtyping.QuantGranularity.TENSORWISE,
+        ),
+        weight_tensor_config=tensor(
+            num_bits=8,
+            symmetric=True,
+            granularity=getattr(qtyping.QuantGranularity, weight_granularity),
+        ),
+        compute_precision=qtyping.ComputePrecision.INTEGER,
+        explicit_dequantize=False,
+    )
+
+
+# Op types that "int8" quantizes with symmetric activations.
+INT8_MATRIX_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D")
+INT8_DATA_MOVEMENT_OPS = ("TRANSPOSE", "RESHAPE", "CONCATENATION", "PAD", "STRIDED_SLICE")
+
+
+def _signature(float_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    signatures = Interpreter(model_path=float_path).get_signature_list()
+    if len(signatures) != 1:
+        raise ValueError(f"Expected one signature in {float_path}. Received: {list(signatures)}")
+    key = next(iter(signatures))
+    inputs = signatures[key]["inputs"]
+    if len(inputs) != 1:
+        raise ValueError(f"Expected one input in {float_path}. Received: {inputs}")
+    return key, inputs[0]
+
+
+def _write(quantizer, calibration, out_path):
+    result = quantizer.quantize(calibration, enable_progress_report=False)
+    tmp = out_path + ".aeq.tmp"
+    result.export_model(tmp, overwrite=True)
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def _regex(names):
+    import re
+
+    return "|".join(f"(^|/){re.escape(n)}(_\\d+)?/" for n in names)
+
+
+def quantize_int8_xnnpack(float_path, out_path, images, head_names=(), stem_names=()):
+    """The "int8" recipe (module docstring) applied to a float .tflite file.
+
+    Args:
+        float_path: a float32 .tflite file (static batch 1).
+        out_path: where the int8 file is written.
+        images: calibration images, an array (N, H, W, C) in the model's input
+            range, fed one at a time.
+        head_names: Keras layer names of the classifier head (dynamic-range).
+        stem_names: Keras layer names whose ops get asymmetric input ranges.
+    """
+    from ai_edge_quantizer import qtyping, quantizer
+
+    op_name = qtyping.TFLOperationName
+    q = quantizer.Quantizer(float_path)
+    for op in INT8_MATRIX_OPS + INT8_DATA_MOVEMENT_OPS:
+        q.update_quantization_recipe(".*", op_name[op], _symmetric_config())
+    if stem_names:
+        for op in ("CONCATENATION", "PAD", "CONV_2D"):
+            q.update_quantization_recipe(
+                _regex(stem_names), op_name[op], _symmetric_config(activation_symmetric=False)
+            )
+    if head_names:
+        q.add_dynamic_config(_regex(head_names), op_name.FULLY_CONNECTED, 8)
+    key, input_name = _signature(float_path)
+    images = np.asarray(images, "float32")
+    calibration = q.calibrate({key: [{input_name: image[None]} for image in images]})
+    return _write(q, calibration, out_path)
+
+
+def quantize_dynamic(float_path, out_path):
+    """ai-edge-quantizer's dynamic_wi8_afp32 recipe (int8 weights, QD8)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    q = quantizer.Quantizer(float_path, recipe.dynamic_wi8_afp32())
+    return _write(q, None, out_path)
