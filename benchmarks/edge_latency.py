@@ -1,26 +1,43 @@
-"""Edge latency: SepViT-Lite vs MobileNetV2 and EfficientNetB0 as TFLite files, same run.
+"""Edge latency: SepViT-Lite's TFLite modes vs MobileNetV2 and EfficientNetB0, same run.
 
-    python benchmarks/edge_latency.py [--size 224] [--runs 30] [--quick]
+    python benchmarks/edge_latency.py [--size 224] [--runs 50] [--quick]
 
-Each model is converted the same way (keras_sepvit.export.to_tflite: float32,
-and full-integer int8 calibrated on the same images) and timed in the LiteRT
-interpreter (XNNPACK), batch 1, 1 and 2 threads, median over --runs after
-warm-up. Prints a Markdown table with the ratio SepViT-Lite / peer and writes
-it with a PNG plot to benchmarks/results/. Weights are random: latency does
-not depend on them, but int8 calibration does, so SepViT's zero-initialised
-window tokens and biases are perturbed (an untrained SepViT has degenerate
-int8 ranges that LiteRT aborts on).
+Every file is written by `keras_sepvit.export.to_tflite` (static batch 1):
+SepViT-Lite as float32, dynamic, int8 (the XNNPACK recipe) and int8-full;
+the peers as float32 and int8-full (full-integer int8, the usual way a
+convolutional network is shipped), calibrated on the same images. All files
+are loaded in the LiteRT interpreter (XNNPACK) and timed INTERLEAVED: each
+of --runs rounds invokes every file once, so that a slow patch of the
+machine hits all of them alike; the figure is the median. Prints a Markdown
+table with the XNNPACK delegation of each file, the ratios the edge issue
+holds SepViT to (int8 / its own float32, int8 / MobileNetV2 int8) and
+writes it with a PNG plot to benchmarks/results/. Weights are random:
+latency does not depend on them, but calibration does, so SepViT's
+zero-initialised window tokens and biases are perturbed.
 """
 
 import argparse
+import importlib.util
 import os
 import platform
 import tempfile
+import time
 
 import numpy as np
 
+SEPVIT_MODES = ("float32", "dynamic", "int8", "int8-full")
+PEER_MODES = ("float32", "int8-full")
 
-def _models(size):
+
+def _profile_tool():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tflite_profile.py")
+    spec = importlib.util.spec_from_file_location("tflite_profile", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _models(size, peers):
     import keras
 
     import keras_sepvit
@@ -30,66 +47,104 @@ def _models(size):
     rng = np.random.default_rng(0)
     for w in sepvit.weights:
         w.assign(w.numpy() + rng.normal(scale=0.02, size=w.shape).astype("float32"))
-    return {
-        "SepViT-Lite": sepvit,
-        "MobileNetV2": keras.applications.MobileNetV2(weights=None, input_shape=shape),
-        "EfficientNetB0": keras.applications.EfficientNetB0(weights=None, input_shape=shape),
-    }
+    models = {"SepViT-Lite": sepvit}
+    if "MobileNetV2" in peers:
+        models["MobileNetV2"] = keras.applications.MobileNetV2(weights=None, input_shape=shape)
+    if "EfficientNetB0" in peers:
+        models["EfficientNetB0"] = keras.applications.EfficientNetB0(
+            weights=None, input_shape=shape
+        )
+    return models
+
+
+def time_interleaved(runners, image, runs, warmup=5):
+    """Median ms per runner; each round calls every runner once, in turn."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run(image)
+    times = {key: [] for key in runners}
+    for _ in range(runs):
+        for key, run in runners.items():
+            start = time.perf_counter()
+            run(image)
+            times[key].append(time.perf_counter() - start)
+    return {key: 1000.0 * float(np.median(t)) for key, t in times.items()}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--runs", type=int, default=30, help="timed runs (median)")
+    p.add_argument("--runs", type=int, default=50, help="interleaved rounds (median)")
     p.add_argument("--calibration", type=int, default=32, help="int8 calibration images")
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    p.add_argument("--peers", default="MobileNetV2,EfficientNetB0")
     p.add_argument("--quick", action="store_true", help="tiny settings (test suite)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args(argv)
     if args.quick:
-        args.size, args.runs, args.calibration = 64, 2, 2
+        args.size, args.runs, args.calibration, args.peers = 64, 2, 2, "MobileNetV2"
+    threads = [int(t) for t in args.threads.split(",")]
     import keras
     import tensorflow as tf
 
-    from keras_sepvit.export import TFLiteRunner, median_latency_ms, to_tflite
+    from keras_sepvit.export import TFLiteRunner, to_tflite
 
+    profile = _profile_tool()
     rng = np.random.default_rng(1)
     images = rng.uniform(0, 255, (args.calibration, args.size, args.size, 3)).astype("float32")
-    results = {}  # (model, quantization, threads) -> ms
+    runners, delegation = {}, {}
     with tempfile.TemporaryDirectory() as folder:
-        for name, model in _models(args.size).items():
-            for quantization in (None, "int8"):
+        for name, model in _models(args.size, args.peers.split(",")).items():
+            for mode in SEPVIT_MODES if name == "SepViT-Lite" else PEER_MODES:
                 path = to_tflite(
                     model,
-                    os.path.join(folder, f"{name}_{quantization}.tflite"),
-                    quantization=quantization,
+                    os.path.join(folder, f"{name}_{mode}.tflite"),
+                    quantization=mode,
                     representative_data=images,
                     sample_inputs=images[:1],
                 )
-                for threads in (1, 2):
-                    runner = TFLiteRunner(path, num_threads=threads)
-                    results[name, quantization, threads] = median_latency_ms(
-                        runner, images[:1], args.runs
-                    )
+                delegation[name, mode] = profile.xnnpack_delegation(path)
+                for t in threads:
+                    runners[name, mode, t] = TFLiteRunner(path, num_threads=t)
+        results = time_interleaved(runners, images[:1], args.runs)
     header = (
-        f"TFLite (LiteRT, XNNPACK) latency, batch 1, {args.size}x{args.size}, median of "
-        f"{args.runs}; {platform.machine()}, {os.cpu_count()} cores, keras {keras.__version__}, "
-        f"tensorflow {tf.__version__}"
+        f"TFLite (LiteRT {_litert_version()}, XNNPACK) latency, batch 1, {args.size}x{args.size}, "
+        f"median of {args.runs} interleaved rounds; {time.strftime('%Y-%m-%d')}, "
+        f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores; "
+        f"keras {keras.__version__}, tensorflow {tf.__version__}"
     )
-    lines = [header, "", "| model | precision | threads | ms | SepViT-Lite / model |"]
-    lines.append("|---|---|---|---|---|")
-    for (name, quantization, threads), ms in results.items():
-        ratio = results["SepViT-Lite", quantization, threads] / ms
-        precision = quantization or "float32"
-        shown = "" if name == "SepViT-Lite" else f"{ratio:.2f}x"
-        lines.append(f"| {name} | {precision} | {threads} | {ms:.2f} | {shown} |")
+    lines = [header, "", "| model | mode | XNNPACK nodes (taken/total, partitions) | "
+             + " | ".join(f"{t} thread ms" for t in threads) + " |"]  # fmt: skip
+    lines.append("|---|---|---|" + "---|" * len(threads))
+    for (name, mode), (taken, total, parts) in delegation.items():
+        cells = " | ".join(f"{results[name, mode, t]:.2f}" for t in threads)
+        lines.append(f"| {name} | {mode} | {taken}/{total}, {parts} | {cells} |")
+    lines += ["", "| ratio | " + " | ".join(f"{t} thread" for t in threads) + " |"]
+    lines.append("|---|" + "---|" * len(threads))
+    ratios = {}
+    for mode in ("int8", "dynamic"):
+        for peer, peer_mode in [("SepViT-Lite", "float32")] + [
+            (n, "int8-full") for n, m in delegation if n != "SepViT-Lite" and m == "float32"
+        ]:
+            key = f"SepViT-Lite {mode} / {peer} {peer_mode}"
+            ratios[key] = {
+                t: results["SepViT-Lite", mode, t] / results[peer, peer_mode, t] for t in threads
+            }
+            lines.append(f"| {key} | " + " | ".join(f"{r:.2f}x" for r in ratios[key].values()))
     table = "\n".join(lines)
     print(table)
     if not args.quick:
-        _save(args.out, table, results)
-    return results
+        _save(args.out, table, results, threads)
+    return {"latency_ms": results, "delegation": delegation, "ratios": ratios}
 
 
-def _save(folder, table, results):
+def _litert_version():
+    from importlib.metadata import version
+
+    return version("ai-edge-litert")
+
+
+def _save(folder, table, results, threads):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,21 +153,16 @@ def _save(folder, table, results):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "edge_latency.md"), "w") as f:
         f.write(table + "\n")
-    names = sorted({k[0] for k in results}, key=lambda n: n != "SepViT-Lite")
-    settings = [(q, t) for q in (None, "int8") for t in (1, 2)]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        ax.bar(
-            np.arange(len(settings)) + i * width,
-            [results[name, q, t] for q, t in settings],
-            width,
-            label=name,
-        )
-    ax.set_xticks(np.arange(len(settings)) + width * (len(names) - 1) / 2)
-    ax.set_xticklabels([f"{q or 'float32'}, {t} thr" for q, t in settings])
+    keys = sorted({(n, m) for n, m, _ in results}, key=lambda k: (k[0] != "SepViT-Lite", k))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(threads)
+    for i, t in enumerate(threads):
+        ax.bar(np.arange(len(keys)) + i * width, [results[n, m, t] for n, m in keys], width,
+               label=f"{t} thread{'s' if t > 1 else ''}")  # fmt: skip
+    ax.set_xticks(np.arange(len(keys)) + width * (len(threads) - 1) / 2)
+    ax.set_xticklabels([f"{n}\n{m}" for n, m in keys], fontsize=7)
     ax.set_ylabel("latency (ms, median)")
-    ax.set_title("TFLite latency, batch 1")
+    ax.set_title("TFLite (XNNPACK) latency, batch 1")
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(folder, "edge_latency.png"), dpi=100)

@@ -375,14 +375,16 @@ def to_tflite(
         _write_bytes(_convert(source, None, None, None), tmp + ".float")
         try:
             if quantization == "dynamic":
-                tflite_quantization.quantize_dynamic(tmp + ".float", tmp)
+                tflite_quantization.quantize_dynamic(
+                    tmp + ".float", tmp, stem_names=inference.stem_names(source)
+                )
             else:
                 tflite_quantization.quantize_int8_xnnpack(
                     tmp + ".float",
                     tmp,
                     _calibration_images(representative_data),
                     head_names=_head_layer_names(model),
-                    stem_names=inference.folded_stem_names(source),
+                    stem_names=inference.stem_names(source),
                 )
         finally:
             os.remove(tmp + ".float")

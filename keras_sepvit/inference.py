@@ -224,8 +224,17 @@ def inference_model(model, batch_size=1, fold=True):
     return keras.Model(inputs, rest(x), name=f"{model.name}_inference")
 
 
-def folded_stem_names(model):
-    """Layer names of the folded stem in an `inference_model` copy ([] if unfolded)."""
-    names = ["stage1_embed_meanpad", "stage1_embed_conv_folded"]
+def stem_names(model):
+    """Layer names of the stem (padding and first convolution) of a model or
+    its `inference_model` copy, folded or not; [] if there is none."""
     present = {layer.name for layer in model.layers}
-    return names if set(names) <= present else []
+    for layer in model.layers:  # an unfolded copy nests the source model
+        if isinstance(layer, keras.Model):
+            present |= {sub.name for sub in layer.layers}
+    for names in (
+        ["stage1_embed_meanpad", "stage1_embed_conv_folded"],
+        ["stage1_embed_pad", "stage1_embed_conv"],
+    ):
+        if set(names) <= present:
+            return names
+    return []

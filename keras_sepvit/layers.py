@@ -394,7 +394,9 @@ class SeparableSelfAttention(keras.layers.Layer):
             valid = ops.cast(valid_pixels, pixels.dtype)[None, :, :, None]  # (1, nW, P, 1)
             pixels = pixels * valid
         if has_token:
-            summary = out[:, :, 0, :]  # (B, nW, C)
+            # A slice then a reshape, not out[:, :, 0]: TFLite's shrinking
+            # STRIDED_SLICE is not an XNNPACK op (6 nodes left out of Lite).
+            summary = ops.reshape(out[:, :, :1, :], (batch, num_windows, channels))  # (B, nW, C)
         elif self.window_representation == "avg_pool":
             if valid_pixels is None:
                 summary = ops.mean(pixels, axis=2)

@@ -19,17 +19,17 @@ The `"int8"` recipe (chosen by measurement; README "Edge export"):
   RSQRT, ADD), GELU, SOFTMAX and the residual ADDs. Their int8 kernels are
   TFLite builtins outside XNNPACK (slower than float), and int8 residual
   ADDs cost more in QUANTIZE/DEQUANTIZE pairs than they saved (measured);
-- the stem (the folded normalisation's padding and convolution) with an
-  asymmetric input range: raw pixels are in [0, 255], and a symmetric
-  range would waste one of the 8 bits;
+- the stem (padding and the 7x7 convolution over 3 input channels) float32:
+  XNNPACK's int8 convolution with 3 input channels took 0.46 ms against
+  0.22 ms in float32 (one-op models, `benchmarks/tflite_profile.py`);
 - the classifier head (top-level Dense layers) dynamic-range (int8 weights,
   activations quantized at run time): a calibrated output range clipped the
   logits.
 The file keeps float32 input and output.
 
-`"dynamic"`: ai-edge-quantizer's `dynamic_wi8_afp32` (int8 weights for
-every matrix op, activations quantized per inference by XNNPACK's QD8
-kernels); no calibration.
+`"dynamic"`: int8 weights for the fully-connected layers and convolutions,
+activations quantized per inference by XNNPACK's QD8 kernels (see
+`quantize_dynamic`); no calibration.
 """
 
 import os
@@ -98,7 +98,7 @@ def quantize_int8_xnnpack(float_path, out_path, images, head_names=(), stem_name
         images: calibration images, an array (N, H, W, C) in the model's input
             range, fed one at a time.
         head_names: Keras layer names of the classifier head (dynamic-range).
-        stem_names: Keras layer names whose ops get asymmetric input ranges.
+        stem_names: Keras layer names of the stem, kept float32.
     """
     from ai_edge_quantizer import qtyping, quantizer
 
@@ -107,9 +107,11 @@ def quantize_int8_xnnpack(float_path, out_path, images, head_names=(), stem_name
     for op in INT8_MATRIX_OPS + INT8_DATA_MOVEMENT_OPS:
         q.update_quantization_recipe(".*", op_name[op], _symmetric_config())
     if stem_names:
+        from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
         for op in ("CONCATENATION", "PAD", "CONV_2D"):
             q.update_quantization_recipe(
-                _regex(stem_names), op_name[op], _symmetric_config(activation_symmetric=False)
+                _regex(stem_names), op_name[op], algorithm_key=AlgorithmName.NO_QUANTIZE
             )
     if head_names:
         q.add_dynamic_config(_regex(head_names), op_name.FULLY_CONNECTED, 8)
@@ -119,9 +121,21 @@ def quantize_int8_xnnpack(float_path, out_path, images, head_names=(), stem_name
     return _write(q, calibration, out_path)
 
 
-def quantize_dynamic(float_path, out_path):
-    """ai-edge-quantizer's dynamic_wi8_afp32 recipe (int8 weights, QD8)."""
-    from ai_edge_quantizer import quantizer, recipe
+def quantize_dynamic(float_path, out_path, stem_names=()):
+    """int8 weights for FULLY_CONNECTED and CONV_2D, activations quantized at
+    run time (XNNPACK's QD8 kernels); no calibration. DEPTHWISE_CONV_2D stays
+    float32 (XNNPACK has no dynamically quantized depthwise kernel: the 4
+    PEG convolutions ran outside it with ai-edge-quantizer's
+    `dynamic_wi8_afp32`), and so does the stem."""
+    from ai_edge_quantizer import qtyping, quantizer
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
-    q = quantizer.Quantizer(float_path, recipe.dynamic_wi8_afp32())
+    op_name = qtyping.TFLOperationName
+    q = quantizer.Quantizer(float_path)
+    for op in ("FULLY_CONNECTED", "CONV_2D"):
+        q.add_dynamic_config(".*", op_name[op], 8)
+    if stem_names:
+        q.update_quantization_recipe(
+            _regex(stem_names), op_name.CONV_2D, algorithm_key=AlgorithmName.NO_QUANTIZE
+        )
     return _write(q, None, out_path)

@@ -10,11 +10,20 @@ def test_train_step_quick(load_script, capsys):
 
 
 def test_edge_latency_quick(load_script, capsys):
-    results = load_script("benchmarks", "edge_latency").main(["--quick"])
-    assert {k[0] for k in results} == {"SepViT-Lite", "MobileNetV2", "EfficientNetB0"}
-    assert {(k[1], k[2]) for k in results} == {(None, 1), (None, 2), ("int8", 1), ("int8", 2)}
+    module = load_script("benchmarks", "edge_latency")
+    out = module.main(["--quick"])
+    results = out["latency_ms"]
+    expected = {("SepViT-Lite", m) for m in module.SEPVIT_MODES}
+    expected |= {("MobileNetV2", m) for m in module.PEER_MODES}
+    assert {(k[0], k[1]) for k in results} == expected
+    assert {k[2] for k in results} == {1, 2}
     assert all(ms > 0 for ms in results.values())
-    assert "SepViT-Lite / model" in capsys.readouterr().out
+    # The int8 recipe puts every node of the file but the graph's I/O in XNNPACK.
+    taken, total, partitions = out["delegation"]["SepViT-Lite", "int8"]
+    assert 0 < taken <= total and partitions >= 1
+    assert set(out["ratios"]) >= {"SepViT-Lite int8 / SepViT-Lite float32",
+                                  "SepViT-Lite int8 / MobileNetV2 int8-full"}  # fmt: skip
+    assert "| SepViT-Lite | int8 |" in capsys.readouterr().out
 
 
 def test_onnx_latency_quick(load_script, capsys):
