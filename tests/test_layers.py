@@ -9,6 +9,7 @@ from keras import ops
 
 import keras_sepvit
 from keras_sepvit import layers as sepvit_layers
+from keras_sepvit.inference import ConstantPadding2D
 from keras_sepvit.layers import (
     DropPath,
     GroupedSelfAttention,
@@ -105,6 +106,11 @@ LAYER_CASES = {
     "gsa": (
         lambda: GroupedSelfAttention(2, token_grid=(2, 2)),
         lambda: (_rand(2, 28, 28, 8),),
+        {},
+    ),
+    "constant_padding": (  # keras_sepvit.inference: the folded stem's padding
+        lambda: ConstantPadding2D(((3, 0), (3, 1)), value=[1.0, -2.0, 0.5]),
+        lambda: (_rand(2, 5, 6, 3),),
         {},
     ),
 }

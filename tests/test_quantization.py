@@ -1,8 +1,10 @@
 """Quantized export on a digits-trained SepViT-Lite: int8 / int16x8 bars and QAT.
 
-The bars (export issue): top-1 agreement with the Keras model >= 98% and
-held-out accuracy within 1 point of float, for full-integer int8, int16x8 and
-int8 after quantization-aware fine-tuning (`keras_sepvit.qat`).
+The bars: the default quantized file ("int8", the XNNPACK recipe) agrees
+with the Keras model on >= 99% of the held-out digits and loses at most 0.5
+point of accuracy (edge-speed issue); int16x8 and int8 after
+quantization-aware fine-tuning (`keras_sepvit.qat`) agree on >= 98% and lose
+at most 1 point (export issue).
 """
 
 import os
@@ -49,20 +51,23 @@ def test_int8_int16x8_and_qat_meet_the_bars_on_digits(digits_model, tmp_path, lo
     runner = export.TFLiteRunner(full["file"])
     assert runner.input["dtype"] == np.int8 and runner.output["dtype"] == np.int8
     assert full["top1_agreement"] >= 0.95 and full["accuracy"] >= float_accuracy - 0.03
+    int8_row = by_format["tflite int8"]
+    assert int8_row["top1_agreement"] >= 0.99, int8_row
+    assert int8_row["accuracy"] >= float_accuracy - 0.005, (int8_row, float_accuracy)
     for name, row in by_format.items():
         assert row["top1_agreement"] >= 0.98, (name, row)
         assert row["accuracy"] >= float_accuracy - 0.01, (name, row, float_accuracy)
         ops = export.tflite_ops(row["file"])
         assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], (name, ops)
-    # int8: the matrix products are int8 (attention internals stay float32).
+    # int8: float32 input and output; the matrix products are int8.
     int8 = export.TFLiteRunner(by_format["tflite int8"]["file"])
+    assert int8.input["dtype"] == np.float32 and int8.output["dtype"] == np.float32
     tensors = int8.interpreter.get_tensor_details()
-    products = [
-        op
-        for op in int8.interpreter._get_ops_details()
-        if op["op_name"] in ("FULLY_CONNECTED", "BATCH_MATMUL", "CONV_2D")
-    ]
-    assert products and all(tensors[op["inputs"][0]]["dtype"] == np.int8 for op in products)
+    ops = int8.interpreter._get_ops_details()
+    products = [op for op in ops if op["op_name"] in ("FULLY_CONNECTED", "BATCH_MATMUL")]
+    assert products and all(tensors[op["inputs"][1]]["dtype"] == np.int8 for op in products)
+    convolutions = [tensors[op["inputs"][1]]["dtype"] for op in ops if op["op_name"] == "CONV_2D"]
+    assert convolutions[1:] == [np.int8] * 3 and convolutions[0] == np.float32  # float stem
     int16 = export.TFLiteRunner(by_format["tflite int16x8"]["file"])
     assert int16.input["dtype"] == np.float32  # int16x8 files keep float32 I/O
     details = int16.interpreter.get_tensor_details()

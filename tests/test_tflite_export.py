@@ -1,0 +1,134 @@
+"""TFLite files as the edge issue defines them: static batch 1 by default, the
+input normalisation folded into the stem (exact against the authors'
+reference), every node in XNNPACK, and an "int8" file whose attention
+matmuls XNNPACK can take (zero point 0 on every BATCH_MATMUL operand)."""
+
+import importlib.util
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sepvit
+from keras_sepvit import export, inference
+
+
+def _profile_tool():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "tflite_profile", os.path.join(root, "benchmarks", "tflite_profile.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def lite_with_preprocessing(reference_weights):
+    """The authors' SepViT-Lite weights in the default model (normalises inside)."""
+    model = keras_sepvit.SepViTLite(classifier_activation=None)
+    return keras_sepvit.load_official_weights(model, reference_weights)
+
+
+def _raw_images(model, normalised):
+    """The [0, 255] images whose normalisation is the reference input."""
+    norm = model.get_layer("normalization")
+    return (normalised - np.asarray(norm.offset)) / np.asarray(norm.scale)
+
+
+def test_float32_file_is_batch_1_folded_and_exact(lite_with_preprocessing, reference_io, tmp_path):
+    raw = _raw_images(lite_with_preprocessing, reference_io["input_nhwc"]).astype("float32")
+    path = export.to_tflite(
+        lite_with_preprocessing, str(tmp_path / "f32.tflite"), sample_inputs=raw
+    )
+    runner = export.TFLiteRunner(path)
+    assert list(runner.input["shape_signature"]) == [1, 224, 224, 3]
+    assert np.abs(runner(raw) - reference_io["logits"]).max() <= 1e-4
+    # The normalisation is gone: nothing runs before the stem's padding and conv.
+    ops = runner.interpreter._get_ops_details()
+    assert [op["op_name"] for op in ops[:3]] == ["CONCATENATION", "CONCATENATION", "CONV_2D"]
+    assert sum(op["op_name"] == "CONV_2D" for op in ops) == 4  # stem + 3 patch embeddings
+    taken, total, partitions = _profile_tool().xnnpack_delegation(path)
+    assert (taken, partitions) == (total, 1), (taken, total, partitions)
+
+
+def test_int8_file_for_xnnpack(lite_with_preprocessing, reference_io, tmp_path):
+    raw = _raw_images(lite_with_preprocessing, reference_io["input_nhwc"]).astype("float32")
+    calibration = np.concatenate(
+        [raw, np.random.default_rng(0).uniform(0, 255, (14, 224, 224, 3)).astype("float32")]
+    )
+    path = export.to_tflite(
+        lite_with_preprocessing, str(tmp_path / "int8.tflite"), "int8", calibration, raw
+    )
+    runner = export.TFLiteRunner(path)
+    # What the README promises: float32 input and output.
+    assert runner.input["dtype"] == np.float32 and runner.output["dtype"] == np.float32
+    tensors = runner.interpreter.get_tensor_details()
+    ops = runner.interpreter._get_ops_details()
+    matmuls = [op for op in ops if op["op_name"] == "BATCH_MATMUL"]
+    assert len(matmuls) == 34
+    for op in matmuls:  # int8 with zero point 0: XNNPACK's condition
+        for index in op["inputs"]:
+            assert tensors[index]["dtype"] == np.int8
+            assert not tensors[index]["quantization_parameters"]["zero_points"].any()
+    products = [op for op in ops if op["op_name"] in ("FULLY_CONNECTED", "DEPTHWISE_CONV_2D")]
+    weights = [tensors[op["inputs"][1]]["dtype"] for op in products]
+    assert weights and all(dtype == np.int8 for dtype in weights)
+    kinds = {op["op_name"] for op in ops}
+    assert {"SOFTMAX", "GELU", "RSQRT"} <= kinds  # float32 in XNNPACK, by design
+    taken, total, partitions = _profile_tool().xnnpack_delegation(path)
+    assert (taken, partitions) == (total, 1), (taken, total, partitions)
+    # Close to the float model on the reference inputs (random weights: a
+    # loose check; the accuracy bars are on the trained digits model).
+    got, expected = runner(raw), reference_io["logits"]
+    assert np.abs(got - expected).max() < 0.25 * np.abs(expected).max()
+
+
+def test_batch_option(tmp_path):
+    model = keras_sepvit.SepViTLite(input_shape=(64, 96, 3), classes=5)
+    x = np.random.default_rng(0).uniform(0, 255, (5, 64, 96, 3)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    for batch_size, signature in ((None, -1), (2, 2)):
+        path = export.to_tflite(
+            model, str(tmp_path / f"b{batch_size}.tflite"), sample_inputs=x, batch_size=batch_size
+        )
+        runner = export.TFLiteRunner(path)
+        assert runner.input["shape_signature"][0] == signature
+        np.testing.assert_allclose(runner(x), expected, atol=1e-5)  # 5 images: 2 + 2 + 1
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"batch_size={bad!r}"):
+            export.to_tflite(model, str(tmp_path / "bad.tflite"), batch_size=bad)
+
+
+def test_inference_model_folds_exactly_and_leaves_the_source_alone():
+    model = keras_sepvit.SepViTLite(input_shape=(64, 96, 3), classes=5)
+    rng = np.random.default_rng(1)
+    for w in model.weights:  # non-zero biases and tokens, so every fold matters
+        w.assign(w.numpy() + rng.normal(scale=0.05, size=w.shape).astype("float32"))
+    before = [w.copy() for w in model.get_weights()]
+    x = rng.uniform(0, 255, (2, 64, 96, 3)).astype("float32")
+    x[:, :4] = 0.0  # the border the padding touches
+    copy = inference.inference_model(model, batch_size=None)
+    assert inference.stem_names(copy) == ["stage1_embed_meanpad", "stage1_embed_conv_folded"]
+    np.testing.assert_allclose(
+        copy.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5
+    )
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    attention = [
+        layer
+        for layer in model._flatten_layers(recursive=True)
+        if isinstance(layer, keras_sepvit.SeparableSelfAttention)
+    ]
+    assert attention and all(layer.scale != 1.0 for layer in attention)
+    # Without preprocessing there is nothing to fold into the stem.
+    plain = keras_sepvit.SepViTLite(input_shape=(64, 64, 3), include_preprocessing=False)
+    assert inference.stem_names(inference.inference_model(plain)) == [
+        "stage1_embed_pad",
+        "stage1_embed_conv",
+    ]
+    with pytest.raises(ValueError, match="batch_size=-1"):
+        inference.inference_model(model, batch_size=-1)
+    with pytest.raises(ValueError, match="Dense"):
+        inference.inference_model(keras.layers.Dense(3))
