@@ -130,7 +130,8 @@ def main(argv=None):
             ratios[key] = {
                 t: results["SepViT-Lite", mode, t] / results[peer, peer_mode, t] for t in threads
             }
-            lines.append(f"| {key} | " + " | ".join(f"{r:.2f}x" for r in ratios[key].values()))
+            cells = " | ".join(f"{r:.2f}x" for r in ratios[key].values())
+            lines.append(f"| {key} | {cells} |")
     table = "\n".join(lines)
     print(table)
     if not args.quick:
