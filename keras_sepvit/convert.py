@@ -115,6 +115,40 @@ def read_state_dict(path):
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def _file_shape(transform, shape):
+    """The PyTorch-layout shape whose `transform` has Keras shape `shape`."""
+    return tuple(np.shape(_INVERSE[transform](np.broadcast_to(np.empty((), bool), shape))))
+
+
+_INVERSE = {
+    _linear: _linear,
+    _conv: lambda w: w.transpose(3, 2, 0, 1),
+    _depthwise: _depthwise,
+    _same: _same,
+}
+
+
+def _check_tensor(key, value, variable, transform):
+    """(`value` in the model's layout and dtype, None) or (None, (kind, why it does not fit))."""
+    expected = f"expected {_file_shape(transform, tuple(variable.shape))} float"
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # e.g. a tensor that numpy cannot read
+        return None, ("dtype", f"{key}: not an array ({type(value).__name__}: {error}), {expected}")
+    received = f"file {tuple(array.shape)} {array.dtype}"
+    if not (np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16"):
+        return None, ("dtype", f"{key}: {received}, {expected} (not a floating-point tensor)")
+    if array.ndim != len(variable.shape) or (
+        tuple(transform(array).shape) != tuple(variable.shape)
+    ):
+        return None, ("shape", f"{key}: {received}, {expected}")
+    array = transform(array).astype(variable.dtype)
+    if not np.isfinite(array).all():
+        count = int(array.size - np.isfinite(array).sum())
+        return None, ("values", f"{key}: {count} of {array.size} values are NaN or infinite")
+    return array, None
+
+
 def load_official_weights(model, weights):
     """Loads the authors' PyTorch SepViT weights into a keras_sepvit model.
 
@@ -125,8 +159,9 @@ def load_official_weights(model, weights):
             dict of arrays keyed by the PyTorch names.
 
     Raises:
-        ValueError: naming the first missing, unexpected or mis-shaped keys,
-            before any weight is changed.
+        ValueError: naming the first missing, unexpected, mis-shaped, not
+            floating-point or non-finite tensors (key, expected and received
+            shape and dtype), before any weight is changed.
 
     Returns:
         The model.
@@ -138,27 +173,33 @@ def load_official_weights(model, weights):
     received = {k for k in state if has_head or not k.startswith("head.")}
     missing = sorted(expected - received)
     unexpected = sorted(received - expected)
-    wrong_shape = []
+    problems = {"shape": [], "dtype": [], "values": []}
+    values = {}
     for key in sorted(expected & received):
         variable, transform = mapping[key]
-        value = transform(np.asarray(state[key]))
-        if tuple(value.shape) != tuple(variable.shape):
-            wrong_shape.append(
-                f"{key}: file {tuple(np.shape(state[key]))} -> "
-                f"{tuple(value.shape)}, model {tuple(variable.shape)}"
-            )
-    if missing or unexpected or wrong_shape:
+        values[key], problem = _check_tensor(key, state[key], variable, transform)
+        if problem is not None:
+            problems[problem[0]].append(problem[1])
+    if missing or unexpected or any(problems.values()):
         parts = []
         if missing:
             parts.append(f"missing keys {missing[:5]}")
         if unexpected:
             parts.append(f"unexpected keys {unexpected[:5]}")
-        if wrong_shape:
-            parts.append(f"mismatched shapes {wrong_shape[:5]}")
+        if problems["shape"]:
+            parts.append(f"mismatched shapes {problems['shape'][:5]}")
+        if problems["dtype"]:
+            parts.append(f"mismatched dtypes {problems['dtype'][:5]}")
+        if problems["values"]:
+            parts.append(f"non-finite tensors {problems['values'][:5]} (a damaged file?)")
+        hint = (
+            "; another variant or ablation setting?" if parts[:-1] or not problems["values"] else ""
+        )
         raise ValueError(
             f"The state dict does not fit {model.name} ({len(received)} tensors received, "
-            f"{len(expected)} expected; another variant or ablation setting?): " + "; ".join(parts)
+            f"{len(expected)} expected{hint}): " + "; ".join(parts) + ". No weight was changed."
         )
-    for key, (variable, transform) in mapping.items():
-        variable.assign(transform(np.asarray(state[key])).astype(variable.dtype))
+    # Every tensor was checked above: the model is changed all at once or not at all.
+    for key, (variable, _) in mapping.items():
+        variable.assign(values[key])
     return model

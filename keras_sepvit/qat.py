@@ -217,18 +217,48 @@ def _clone_layer(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
-def _images(data, limit):
-    """Batches of float images from an array, a tf.data dataset or an iterable."""
+def _images(data, limit, input_shape=None):
+    """Batches of float images from an array, a tf.data dataset or an iterable.
+
+    Each batch is checked before it is used: numbers, rank 4 (or one image of
+    rank 3), the model's input size and channels (`input_shape`, None dims
+    free) and finite values. ValueError names the batch and what is wrong.
+    """
     if hasattr(data, "as_numpy_iterator"):
         data = data.as_numpy_iterator()
-    elif isinstance(data, np.ndarray):
-        data = [data[i : i + 32] for i in range(0, len(data), 32)]
+    elif isinstance(data, np.ndarray):  # one image, or batches of 32 (an empty one if empty)
+        data = [data] if data.ndim < 4 else [data[i : i + 32] for i in range(0, len(data) or 1, 32)]
     count = 0
-    for item in data:
-        images = np.asarray(item[0] if isinstance(item, (tuple, list)) else item, "float32")
+    for index, item in enumerate(data):
+        item = item[0] if isinstance(item, (tuple, list)) else item
+        try:
+            images = np.asarray(item, "float32")
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"Calibration batch {index} is not an array of numbers ({error}). Received: "
+                f"{type(item).__name__}"
+            ) from error
         if images.ndim == 3:
             images = images[None]
-        yield images[: limit - count]
+        expected = tuple(input_shape) if input_shape is not None else None
+        if images.ndim != 4 or (
+            expected is not None
+            and any(e is not None and e != r for e, r in zip(expected, images.shape[1:]))
+        ):
+            raise ValueError(
+                f"Calibration batch {index} has shape {images.shape}; the model takes images of "
+                f"shape (batch,) + {expected} (None: any size). Received: shape={images.shape}"
+            )
+        images = images[: limit - count]
+        finite = np.isfinite(images)
+        if not finite.all():
+            raise ValueError(
+                f"Calibration batch {index} holds {int(finite.size - finite.sum())} NaN or "
+                "infinite values: activation ranges measured on them would be NaN. Clean or "
+                "drop those images. Received: non-finite calibration_data"
+            )
+        if len(images):
+            yield images
         count += len(images)
         if count >= limit:
             return
@@ -238,24 +268,49 @@ def calibrate(qat_model, data, limit=256):
     """Sets each activation range to the min/max (and 0) seen over up to `limit` images.
 
     `quantize_model` calls it; call it again to start the ranges from other data.
+    Raises ValueError, with the ranges left as they were, on data without
+    images, of another shape than the model's input or with NaN / infinite
+    values, and if the measured ranges are not finite (e.g. non-finite weights).
     """
     layers = quantizers(qat_model)
     if not layers:
         raise ValueError("calibrate() needs a model from quantize_model(); it has no quantizers")
+    if limit < 1:
+        raise ValueError(f"calibrate() needs limit >= 1 images. Received: limit={limit}")
+    before = [[getattr(layer, name).numpy() for name in RANGE_NAMES] for layer in layers]
+    input_shape = tuple(qat_model.inputs[0].shape[1:]) if qat_model.inputs else None
     for layer in layers:
         for name in RANGE_NAMES:
             getattr(layer, name).assign(0.0)
         layer.calibrating = True
     seen = 0
+    done = False
     try:
-        for images in _images(data, limit):
+        for images in _images(data, limit, input_shape):
             qat_model(images, training=False)
             seen += len(images)
+        if seen == 0:
+            raise ValueError(
+                "calibrate() received no images: pass at least one training image. "
+                f"Received: {type(data).__name__} with 0 images"
+            )
+        bad = [
+            layer.path
+            for layer in layers
+            if not all(np.isfinite(getattr(layer, name).numpy()) for name in RANGE_NAMES)
+        ]
+        if bad:
+            raise ValueError(
+                f"Calibration gave NaN or infinite activation ranges in {len(bad)} layers "
+                f"({bad[:3]}): the model's weights or outputs are not finite on these images."
+            )
+        done = True
     finally:
-        for layer in layers:
+        for layer, values in zip(layers, before):
             layer.calibrating = False
-    if seen == 0:
-        raise ValueError("calibrate() received no images")
+            if not done:  # refused: leave the ranges as they were
+                for name, value in zip(RANGE_NAMES, values):
+                    getattr(layer, name).assign(value)
     return seen
 
 
@@ -305,12 +360,27 @@ def quantize_model(model, calibration_data, calibration_limit=256):
 
 
 def float_weights(qat_model, model):
-    """Copies a QAT model's trained weights back into a float model of the same config."""
+    """Copies a QAT model's trained weights back into a float model of the same config.
+
+    Every weight is checked (count and shapes) before any is copied: on a
+    mismatch `model` is left unchanged and ValueError names the first weights
+    that differ.
+    """
     source = [v for v in qat_model.weights if not _is_range(v)]
     if len(source) != len(model.weights):
         raise ValueError(
             f"`model` has {len(model.weights)} weights; the QAT model {len(source)} "
-            "(without its ranges): not the same architecture"
+            "(without its ranges): not the same architecture. No weight was copied."
+        )
+    mismatched = [
+        f"{dst.path} {tuple(dst.shape)} <- {src.path} {tuple(src.shape)}"
+        for src, dst in zip(source, model.weights)
+        if tuple(src.shape) != tuple(dst.shape)
+    ]
+    if mismatched:
+        raise ValueError(
+            f"{len(mismatched)} weights of `model` do not match the QAT model's "
+            f"({mismatched[:3]}): not the same config. No weight was copied."
         )
     for src, dst in zip(source, model.weights):
         dst.assign(src)
