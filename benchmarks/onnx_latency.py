@@ -5,19 +5,35 @@
 
 SepViT-Lite vs PVTv2-b0 (the paper's Lite comparator, Table 8) and SepViT-T
 vs Swin-T and PVTv2-b2. SepViT is exported with `keras_sepvit.export.to_onnx`
-(tf2onnx); the peers are Hugging Face `transformers` image classifiers built
-from their configs (random weights, 1000 classes) and exported with
-`torch.onnx.export`. Every file runs in ONNX Runtime (CPU, all graph
-optimizations), batch 1, 1 and 2 intra-op threads, median over --runs after
-warm-up. Prints a Markdown table with the ratio SepViT / peer and writes it
-and a PNG plot to benchmarks/results/. Targets: SepViT-Lite <= 0.8x
-PVTv2-b0, SepViT-T <= 1.0x Swin-T.
+(tf2onnx, then `keras_sepvit.onnx_graph`'s rewrites) with a static batch of
+1, as `torch.onnx.export` writes the peers: Hugging Face `transformers` image
+classifiers built from their configs (1000 classes). All weights are random;
+SepViT's get small noise on top of Keras' initialisers, so that its zero
+biases and unit LayerNorm scales are not folded away by TensorFlow (a
+trained model has none, and PyTorch's initialisers give the peers non-zero
+biases). SepViT-Lite is also timed as a dynamic-batch file and as the int8
+QDQ file (`to_onnx(..., quantization="int8")`, calibrated on random images:
+its latency only; the export report measures its accuracy).
+
+The exports run in child processes (TensorFlow and PyTorch do not share one
+process safely); this process only runs ONNX Runtime: CPU, all graph
+optimizations, batch 1, 1 and 2 intra-op threads. For each thread count the
+timing loop interleaves the models (run i of every model, then run i + 1,
+in rotating order) after warm-up, so that a slow spell of the machine
+affects all of them alike; the figure is the median of --runs. Prints a
+Markdown table with the ratio SepViT / peer and writes it and a PNG plot to
+benchmarks/results/. Targets (issue 9): SepViT-Lite <= 0.85x PVTv2-b0,
+SepViT-T <= 0.95x Swin-T, 1 thread.
 """
 
 import argparse
+import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -25,6 +41,7 @@ PAIRS = {  # SepViT variant -> its peers in the paper
     "SepViT-Lite": ("PVTv2-b0",),
     "SepViT-T": ("Swin-T", "PVTv2-b2"),
 }
+LITE_VARIANTS = ("SepViT-Lite dynamic batch", "SepViT-Lite int8")  # other files of Lite
 
 
 def _peer(name):
@@ -56,18 +73,47 @@ def _export_peer(name, size, path):
     with torch.no_grad():
         torch.onnx.export(model, (x,), path, input_names=["pixel_values"],
                           output_names=["logits"], opset_version=17, dynamo=False)  # fmt: skip
-    params = sum(p.numel() for p in model.parameters())
-    return path, params
+    return sum(p.numel() for p in model.parameters())
 
 
 def _export_sepvit(name, size, path):
     import keras_sepvit
     from keras_sepvit.export import to_onnx
 
-    build = {"SepViT-Lite": keras_sepvit.SepViTLite, "SepViT-T": keras_sepvit.SepViTTiny}[name]
+    base = name.split(" ")[0]
+    build = {"SepViT-Lite": keras_sepvit.SepViTLite, "SepViT-T": keras_sepvit.SepViTTiny}[base]
     model = build(input_shape=(size, size, 3), classifier_activation=None)
-    x = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype("float32")
-    return to_onnx(model, path, sample_inputs=x), model.count_params()
+    rng = np.random.default_rng(0)
+    for w in model.weights:  # no exact zeros / ones for TensorFlow to fold (see above)
+        w.assign(w.numpy() + rng.normal(scale=0.02, size=w.shape).astype("float32"))
+    x = rng.uniform(0, 255, (1, size, size, 3)).astype("float32")
+    kwargs = {"batch_size": None if name.endswith("dynamic batch") else 1}
+    if name.endswith("int8"):
+        calibration = rng.uniform(0, 255, (8, size, size, 3)).astype("float32")
+        kwargs.update(quantization="int8", representative_data=calibration)
+    to_onnx(model, path, sample_inputs=x, **kwargs)
+    return model.count_params()
+
+
+def _export_in_child(kind, names, size, folder):
+    """Exports `names` (all SepViT, or all peers) in a child process; returns
+    {name: parameters}. The files are folder/<name>.onnx."""
+    out = os.path.join(folder, f"{kind}.json")
+    command = [sys.executable, os.path.abspath(__file__), "--export", kind, "--folder", folder,
+               "--size", str(size), "--names", *names]  # fmt: skip
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+    if result.returncode != 0 or not os.path.exists(out):
+        raise RuntimeError(f"exporting {names} failed:\n{result.stderr[-3000:]}")
+    with open(out) as f:
+        return json.load(f)
+
+
+def _child_export(kind, names, size, folder):
+    export = _export_sepvit if kind == "sepvit" else _export_peer
+    params = {name: export(name, size, os.path.join(folder, f"{name}.onnx")) for name in names}
+    with open(os.path.join(folder, f"{kind}.json"), "w") as f:
+        json.dump(params, f)
 
 
 def _session(path, threads):
@@ -82,46 +128,67 @@ def _session(path, threads):
     return lambda x: session.run(None, {name: x})[0]
 
 
+def interleaved_median_ms(runners, runs, warmup=5):
+    """{name: median ms} of `runner(inputs)` for every (runner, inputs) in
+    `runners` ({name: (runner, inputs)}), timed in interleaved rounds."""
+    names = list(runners)
+    for name in names:
+        run, x = runners[name]
+        for _ in range(warmup):
+            run(x)
+    times = {name: [] for name in names}
+    for i in range(runs):
+        for name in names[i % len(names) :] + names[: i % len(names)]:  # rotating order
+            run, x = runners[name]
+            start = time.perf_counter()
+            run(x)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000.0 * float(np.median(t)) for name, t in times.items()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--runs", type=int, default=30, help="timed runs (median)")
     p.add_argument("--quick", action="store_true", help="tiny settings (test suite)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--export", choices=["sepvit", "peers"], help=argparse.SUPPRESS)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
+    p.add_argument("--names", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.export:  # child process: export and exit
+        return _child_export(args.export, args.names, args.size, args.folder)
     pairs = PAIRS
     if args.quick:
         args.size, args.runs, pairs = 64, 2, {"SepViT-Lite": ("PVTv2-b0",)}
     import onnxruntime as ort
-    import torch
-    import transformers
 
-    from keras_sepvit.export import median_latency_ms
-
+    sepvits = [n for n in pairs] + list(LITE_VARIANTS)
+    peers = [n for ps in pairs.values() for n in ps]
     nhwc = np.random.default_rng(1).uniform(0, 255, (1, args.size, args.size, 3))
     inputs = {  # SepViT takes raw NHWC pixels (its preprocessing is in the graph)
         "sepvit": nhwc.astype("float32"),
         "peer": np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2) / 255.0, dtype="float32"),
     }
-    results, params = {}, {}  # (model, threads) -> ms; model -> parameters
+    results = {}  # (model, threads) -> ms
     with tempfile.TemporaryDirectory() as folder:
-        for sepvit, peers in pairs.items():
-            for name in (sepvit,) + peers:
-                path = os.path.join(folder, f"{name}.onnx")
-                is_sepvit = name.startswith("SepViT")
-                export = _export_sepvit if is_sepvit else _export_peer
-                path, params[name] = export(name, args.size, path)
-                x = inputs["sepvit" if is_sepvit else "peer"]
-                for threads in (1, 2):
-                    results[name, threads] = median_latency_ms(
-                        _session(path, threads), x, args.runs
-                    )
-    import keras
-
+        params = _export_in_child("sepvit", sepvits, args.size, folder)
+        params.update(_export_in_child("peers", peers, args.size, folder))
+        for threads in (1, 2):
+            runners = {
+                name: (
+                    _session(os.path.join(folder, f"{name}.onnx"), threads),
+                    inputs["sepvit" if name.startswith("SepViT") else "peer"],
+                )
+                for name in sepvits + peers
+            }
+            for name, ms in interleaved_median_ms(runners, args.runs).items():
+                results[name, threads] = ms
+    versions = _versions()
     header = (
         f"ONNX Runtime {ort.__version__} (CPU) latency, batch 1, {args.size}x{args.size}, median "
-        f"of {args.runs}; {platform.machine()}, {os.cpu_count()} cores; keras {keras.__version__}"
-        f", torch {torch.__version__}, transformers {transformers.__version__}; random weights"
+        f"of {args.runs} interleaved runs; {platform.machine()}, {_cores()}; "
+        f"{versions}; random weights; {time.strftime('%Y-%m-%d')}"
     )
     lines = [
         header,
@@ -129,22 +196,49 @@ def main(argv=None):
         "| model | params (M) | threads | ms | SepViT / model |",
         "|---|---|---|---|---|",
     ]
-    for sepvit, peers in pairs.items():
-        for name in (sepvit,) + peers:
+    for sepvit, peer_names in pairs.items():
+        for name in (sepvit,) + peer_names:
             for threads in (1, 2):
                 ms = results[name, threads]
                 ratio = "" if name == sepvit else f"{results[sepvit, threads] / ms:.2f}x"
                 lines.append(
                     f"| {name} | {params[name] / 1e6:.1f} | {threads} | {ms:.2f} | {ratio} |"
                 )
+    lines += [
+        "",
+        "Other SepViT-Lite files (static batch 1 unless named):",
+        "",
+        "| file | threads | ms | / SepViT-Lite | / PVTv2-b0 |",
+        "|---|---|---|---|---|",
+    ]
+    for name in LITE_VARIANTS:
+        for threads in (1, 2):
+            ms = results[name, threads]
+            lines.append(
+                f"| {name} | {threads} | {ms:.2f} | {ms / results['SepViT-Lite', threads]:.2f}x "
+                f"| {ms / results['PVTv2-b0', threads]:.2f}x |"
+            )
     table = "\n".join(lines)
     print(table)
     if not args.quick:
-        _save(args.out, table, results, pairs)
+        _save(args.out, table, results, sepvits + peers)
     return results
 
 
-def _save(folder, table, results, pairs):
+def _cores():
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{usable} of {os.cpu_count()} cores usable"
+
+
+def _versions():
+    """Package versions, read without importing TensorFlow or PyTorch here."""
+    from importlib import metadata
+
+    names = ("keras", "tensorflow", "tf2onnx", "onnx", "torch", "transformers")
+    return ", ".join(f"{n} {metadata.version(n)}" for n in names)
+
+
+def _save(folder, table, results, names):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,13 +247,12 @@ def _save(folder, table, results, pairs):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "onnx_latency.md"), "w") as f:
         f.write(table + "\n")
-    names = [n for sepvit, peers in pairs.items() for n in (sepvit,) + peers]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(10, 4))
     for i, threads in enumerate((1, 2)):
         ax.bar(np.arange(len(names)) + i * 0.4, [results[n, threads] for n in names], 0.4,
                label=f"{threads} thread{'s' * (threads > 1)}")  # fmt: skip
     ax.set_xticks(np.arange(len(names)) + 0.2)
-    ax.set_xticklabels(names)
+    ax.set_xticklabels([n.replace(" ", "\n", 1) for n in names], fontsize=8)
     ax.set_ylabel("latency (ms, median)")
     ax.set_title("ONNX Runtime latency, batch 1")
     ax.legend()

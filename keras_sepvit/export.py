@@ -476,7 +476,7 @@ def to_onnx(
             1e-4 for float32; an int8 file is checked to run and give finite
             outputs (its accuracy is measured by the export report).
         batch_size: the file's static batch (e.g. 1: the shape arithmetic
-            folds away and every rewrite applies; SepViT-Lite ran 0.87x the
+            folds away and every rewrite applies; SepViT-Lite ran 0.93x the
             dynamic-batch file, 1 thread), or None (default) for a dynamic
             batch.
         quantization: None or "float32" (float file), or "int8": a QDQ file

@@ -99,18 +99,19 @@ class _Graph:
         import onnx
 
         graph = self.graph
-        producer = {name: node for node in graph.node for name in node.output}
-        needed, stack, kept_ids = set(), [o.name for o in graph.output], set()
+        nodes = list(graph.node)
+        producer = {name: i for i, node in enumerate(nodes) for name in node.output}
+        needed, stack, kept = set(), [o.name for o in graph.output], set()
         while stack:  # everything the outputs depend on
             name = stack.pop()
             if name in needed:
                 continue
             needed.add(name)
-            node = producer.get(name)
-            if node is not None and id(node) not in kept_ids:
-                kept_ids.add(id(node))
-                stack.extend(node.input)
-        kept = [node for node in graph.node if id(node) in kept_ids]
+            index = producer.get(name)
+            if index is not None and index not in kept:
+                kept.add(index)
+                stack.extend(nodes[index].input)
+        kept = [node for i, node in enumerate(nodes) if i in kept]
         ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
         ordered, pending = [], kept
         while pending:  # topological order (rewrites may append nodes at the end)
@@ -180,9 +181,10 @@ def fuse_layer_norms(model):
     tf2onnx writes `keras_sepvit.layers.LayerNorm` as ReduceMean, Sub,
     Mul(d, d), ReduceMean, Add(eps), Sqrt, Reciprocal, Mul(gamma), Mul and
     Add(beta): ten elementwise kernels, which ONNX Runtime's LayerNorm fusion
-    does not match (it looks for Pow and Div). Measured on SepViT-Lite, 1
-    thread: those kernels took about a quarter of the time; as 39
-    `LayerNormalization` nodes they take a fraction of that. A missing
+    does not match (it looks for Pow and Div). Measured on SepViT-Lite (1
+    thread, 224, onnxruntime 1.32): the 39 LayerNorms took about 2.6 ms as
+    elementwise kernels and 0.85 ms as `LayerNormalization`; with
+    `gelu_for_fusion` the file went from 15.1 to 12.5 ms. A missing
     gamma (scale=False) or beta (center=False, or folded away by TensorFlow
     when zero) becomes ones / zeros. Returns the number of nodes written.
     """
@@ -266,8 +268,9 @@ def gelu_for_fusion(model):
     `0.5 * x * (1 + erf(x * (1 / sqrt(2))))` comes out of tf2onnx with a Mul
     by 0.70710677; ONNX Runtime fuses the same graph into one `Gelu` kernel
     only when it divides by 1.4142135 (its `GeluFusion` pattern). The two
-    differ by float rounding of the erf argument. Returns the number of
-    rewritten nodes.
+    differ by float rounding of the erf argument. Measured on SepViT-Lite:
+    17 Gelu kernels, 0.93 ms, in place of 85 elementwise ones. Returns the
+    number of rewritten nodes.
     """
     g = _Graph(model)
     count = 0
@@ -360,7 +363,8 @@ def bias_before_reshape(model):
     MatMul, ONNX Runtime fuses the two into one Gemm (the bias rides in the
     GEMM's output pass instead of a second pass over the activations).
     Valid whenever the Reshape keeps the last axis, along which the bias
-    broadcasts. Returns the number of moved Adds.
+    broadcasts. In SepViT-Lite 50 bias Adds (a pass over the activations
+    each) fold into Gemms. Returns the number of moved Adds.
     """
     g = _Graph(model)
     shapes = _shapes(model)
@@ -412,7 +416,7 @@ def _slice_range(g, node, rank):
     cut = None
     for start, end, axis, step in zip(starts, ends, axes, steps):
         axis = int(axis) % rank
-        if step != 1:
+        if step != 1 or start < 0 or end < 0:
             return None
         if start == 0 and end >= 2**31 - 1:
             continue  # the whole axis
@@ -522,7 +526,10 @@ def split_heads(model):
     (N, 3h, T, d), slices q, k, v apart (three copies) and transposes k
     again. Splitting the weight matrix by columns gives the same numbers with
     one Gemm, Reshape and Transpose per part, and k comes out of its
-    transpose already as (N, h, d, T). Returns the number of split
+    transpose already as (N, h, d, T). Measured on SepViT-Lite (1 thread,
+    224), with `slices_of_concat` and `transposes_of_unit_axes`: Slice time
+    0.68 -> 0.12 ms, the whole file 14.9 -> 13.8 ms (sums of per-kernel
+    medians from ONNX Runtime's profiler). Returns the number of split
     projections.
     """
     g = _Graph(model)
@@ -539,7 +546,10 @@ def split_heads(model):
         if source is None or not slices or transpose.output[0] in g.outputs:
             continue
         x, weight, bias, _ = source
-        n, tokens, _, depth = heads_shape
+        n, tokens, parts, depth = heads_shape
+        rows = shapes.get(x)
+        if not rows or rows[0] != n * tokens or weight.shape[1] != parts * depth:
+            continue  # the reshapes must split the output columns only
         cuts = [_slice_range(g, s, 4) if s.op_type == "Slice" else None for s in slices]
         if any(c is None or c[0] != 1 for c in cuts):
             continue

@@ -27,10 +27,14 @@ def test_edge_latency_quick(load_script, capsys):
 
 
 def test_onnx_latency_quick(load_script, capsys):
-    results = load_script("benchmarks", "onnx_latency").main(["--quick"])
-    assert set(results) == {(m, t) for m in ("SepViT-Lite", "PVTv2-b0") for t in (1, 2)}
+    module = load_script("benchmarks", "onnx_latency")
+    results = module.main(["--quick"])
+    models = ("SepViT-Lite", "PVTv2-b0") + module.LITE_VARIANTS
+    assert set(results) == {(m, t) for m in models for t in (1, 2)}
     assert all(ms > 0 for ms in results.values())
-    assert "| PVTv2-b0 | 3.7 |" in capsys.readouterr().out  # the peer has b0's size
+    out = capsys.readouterr().out
+    assert "| PVTv2-b0 | 3.7 |" in out  # the peer has b0's size
+    assert "| SepViT-Lite int8 | 1 |" in out and "interleaved" in out
 
 
 def test_inference_throughput_quick(load_script, capsys):
