@@ -294,8 +294,64 @@ def _convert(converter_source, quantization, representative_data, qat_model):
     return converter.convert()
 
 
-def _calibration_images(representative_data, limit=200):
-    return np.concatenate([b[0] for b in _representative_dataset(representative_data, limit)()])
+def _takes_raw_pixels(model):
+    """Whether the model normalises [0, 255] RGB inside (a SepViT built with
+    `include_preprocessing=True`)."""
+    import keras
+
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if layer.name == "normalization" and isinstance(layer, keras.layers.Rescaling):
+            return True
+    return False
+
+
+def _calibration_images(representative_data, model=None, limit=200):
+    """The calibration images as one (N, H, W, C) float32 array, validated.
+
+    A broken calibration set gives a quantized file that runs but is wrong
+    (top-1 agreement with Keras of 0.0-0.56 was measured for NaN, all-zero
+    and [0, 1]-scaled images), so it is refused here, before any work.
+    """
+    try:
+        batches = [b[0] for b in _representative_dataset(representative_data, limit)()]
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            "`representative_data` must be an array (N, H, W, C), a tf.data dataset of "
+            f"(images, labels) batches or an iterable of image batches. Received: {err}"
+        ) from err
+    if not batches:
+        raise ValueError(
+            "`representative_data` holds no images; give a few hundred training images. "
+            "Received: 0 images"
+        )
+    images = np.concatenate(batches)
+    if model is not None:
+        expected = tuple(model.input_shape[1:])
+        if images.shape[1:] != expected:
+            raise ValueError(
+                f"Calibration images must have the model's input shape {expected}. "
+                f"Received: images of shape {images.shape[1:]}"
+            )
+    if not np.isfinite(images).all():
+        bad = int((~np.isfinite(images)).reshape(len(images), -1).any(-1).sum())
+        raise ValueError(
+            f"`representative_data` holds non-finite values (NaN or inf) in {bad} of "
+            f"{len(images)} images. Received: min={np.nanmin(images)}, max={np.nanmax(images)}"
+        )
+    low, high = float(images.min()), float(images.max())
+    if high - low < 1e-6:
+        raise ValueError(
+            "`representative_data` is constant (every pixel the same): calibration "
+            f"ranges would be degenerate. Received: all values {low}"
+        )
+    if model is not None and _takes_raw_pixels(model) and (high <= 1.5 or low < -1e-3):
+        raise ValueError(
+            "This model normalises [0, 255] RGB inside (include_preprocessing=True), but "
+            "`representative_data` is not in that range (scaled to [0, 1] or normalised "
+            f"already?). Received: min={low:.4g}, max={high:.4g}; pass the images as the "
+            "model receives them at inference."
+        )
+    return images
 
 
 def to_tflite(
@@ -306,6 +362,7 @@ def to_tflite(
     sample_inputs=None,
     tolerance=None,
     batch_size=1,
+    min_agreement=0.8,
 ):
     """Converts a Keras model to a builtin-ops-only .tflite file and checks it.
 
@@ -327,9 +384,12 @@ def to_tflite(
         sample_inputs: images to compare Keras and TFLite on; defaults to
             random images at the model's input size.
         tolerance: max |output difference| allowed in the check; defaults to
-            1e-4 for float32 and 1e-2 for float16; quantized files are checked
-            to run and give finite outputs (their accuracy is measured by the
-            export report).
+            1e-4 for float32 and 1e-2 for float16.
+        min_agreement: for calibrated files ("int8", "int8-full", "int16x8"):
+            the least top-1 agreement with Keras on (up to 32 of) the
+            calibration images (for a classifier; other outputs are held to a
+            relative error of 1 - min_agreement / 2). A broken file (bad
+            calibration) is an error, never left at `path`. 0 skips it.
         batch_size: the file's static batch (default 1, what a phone runs),
             or None for a dynamic batch (shape ops that XNNPACK does not
             run; about 10% slower at batch 1).
@@ -339,9 +399,11 @@ def to_tflite(
 
     Raises:
         ValueError: before any conversion, for an unknown `quantization`,
-            missing representative data, a bad `batch_size`, a path that
-            cannot be written, or int16x8 of a model with Keras' own
-            LayerNormalization.
+            missing, empty, non-finite, constant, mis-shaped or mis-scaled
+            representative data, a bad `batch_size`, a path that cannot be
+            written, or int16x8 of a model with Keras' own LayerNormalization.
+        RuntimeError: when the written file fails its check (nothing is left
+            at `path`).
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(
@@ -366,14 +428,19 @@ def to_tflite(
     _static_input_shape(model)
     if quantization == "int16x8":
         _check_int16_layer_norms(model)
+    images = None
+    if quantization in _CALIBRATED:
+        images = _calibration_images(representative_data, model)
     from keras_sepvit import inference, tflite_quantization
 
     source = inference.inference_model(model, batch_size)
     qat_model = inference._has_fake_quantization(model)
-    tmp = path + ".tmp"
-    if quantization in ("int8", "dynamic") and not qat_model:
-        _write_bytes(_convert(source, None, None, None), tmp + ".float")
-        try:
+    # Written and checked under a temporary name: a file that fails its
+    # check never sits at `path`.
+    tmp = path + ".unchecked.tflite"
+    try:
+        if quantization in ("int8", "dynamic") and not qat_model:
+            _write_bytes(_convert(source, None, None, None), tmp + ".float")
             if quantization == "dynamic":
                 tflite_quantization.quantize_dynamic(
                     tmp + ".float", tmp, stem_names=inference.stem_names(source)
@@ -382,16 +449,44 @@ def to_tflite(
                 tflite_quantization.quantize_int8_xnnpack(
                     tmp + ".float",
                     tmp,
-                    _calibration_images(representative_data),
+                    images,
                     head_names=_head_layer_names(model),
                     stem_names=inference.stem_names(source),
                 )
-        finally:
-            os.remove(tmp + ".float")
-    else:
-        _write_bytes(_convert(source, quantization, representative_data, model), tmp)
-    os.replace(tmp, path)
+        else:
+            _write_bytes(_convert(source, quantization, images, model), tmp)
+        _check_tflite(tmp, model, quantization, sample_inputs, tolerance, images, min_agreement)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp + ".float"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    return path
 
+
+def _agreement_check(name, got, expected, min_agreement):
+    """Top-1 agreement of a quantized classifier with Keras, or the relative
+    error of other outputs (feature maps)."""
+    if expected.ndim == 2 and expected.shape[-1] > 1:
+        agreement = float((got.argmax(-1) == expected.argmax(-1)).mean())
+        if agreement < min_agreement:
+            raise RuntimeError(
+                f"{name} agrees with the Keras model on the top-1 class of only "
+                f"{agreement:.0%} of {len(got)} calibration images (< min_agreement="
+                f"{min_agreement}): the quantized file is broken. Check the calibration "
+                "images (the model's input range, real training images)."
+            )
+        return
+    error = float(np.linalg.norm(got - expected) / max(np.linalg.norm(expected), 1e-12))
+    if error > 1.0 - min_agreement / 2:
+        raise RuntimeError(
+            f"{name} differs from the Keras model by a relative error of {error:.2f} on "
+            "the calibration images: the quantized file is broken."
+        )
+
+
+def _check_tflite(path, model, quantization, sample_inputs, tolerance, images, min_agreement):
+    """Runs the file and compares it with Keras; raises RuntimeError if it is wrong."""
     if quantization in _CALIBRATED:
         _smoke_run_in_subprocess(path)
     flex = sorted(op for op in tflite_ops(path) if op.startswith("Flex"))
@@ -410,7 +505,14 @@ def to_tflite(
             raise RuntimeError(
                 f"{path} differs from the Keras model by {diff:.2e} > tolerance {tolerance}"
             )
-    return path
+    if images is not None and min_agreement > 0:
+        check = images[:32]
+        _agreement_check(
+            path,
+            TFLiteRunner(path)(check),
+            np.asarray(model.predict(check, verbose=0)),
+            min_agreement,
+        )
 
 
 def _write_bytes(blob, path):
@@ -468,8 +570,9 @@ def to_onnx(
     Args:
         model: a Keras model with a static input size (TensorFlow backend).
         path: output `.onnx` path.
-        opset: int in [13, 21]. ONNX opset; `LayerNormalization` needs >= 17
-            (below, LayerNorm stays elementwise). Defaults to 17.
+        opset: int in [13, 18] (18: the newest tf2onnx 1.17 writes). ONNX
+            `LayerNormalization` needs >= 17 (below, LayerNorm stays
+            elementwise). Defaults to 17.
         sample_inputs: images to compare Keras and ONNX Runtime on; defaults
             to random images at the model's input size.
         tolerance: max |output difference| allowed in the check; defaults to
@@ -497,8 +600,11 @@ def to_onnx(
             `quantization`, int8 without `representative_data`, or a path
             that cannot be written.
     """
-    if isinstance(opset, bool) or not isinstance(opset, int) or not 13 <= opset <= 21:
-        raise ValueError(f"`opset` must be an int in [13, 21]. Received: opset={opset!r}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 13 <= opset <= 18:
+        raise ValueError(
+            "`opset` must be an int in [13, 18] (tf2onnx writes up to 18). "
+            f"Received: opset={opset!r}"
+        )
     if quantization not in ONNX_QUANTIZATIONS:
         raise ValueError(
             f"`quantization` must be one of {ONNX_QUANTIZATIONS}. "
