@@ -6,9 +6,10 @@ training, and a validation split of the rest picks the best epoch. Training
 uses the library's recipe (AdamW with decay exclusions, warm-up + cosine,
 label smoothing, stochastic depth, atomic checkpoints) on this CPU.
 
-    python examples/digits_demo.py [--epochs 60] [--out runs/digits] [--resume]
+    python examples/digits_demo.py [--epochs 60] [--out runs/digits] [--resume | --overwrite]
 
-Writes model.keras, learning_curve.png, report.json and report.md to --out.
+Writes model.keras, learning_curve.png, report.json and report.md to --out;
+an --out that holds a run is refused unless --resume or --overwrite is given.
 """
 
 import argparse
@@ -25,7 +26,12 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="batch size")
     p.add_argument("--image-size", type=int, default=32, help="input side (multiple of 32)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--warmup-epochs", type=int, default=3, help="linear warm-up epochs")
+    p.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=None,
+        help="linear warm-up epochs (default 3, clamped to --epochs - 1 for shorter runs)",
+    )
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
@@ -36,7 +42,37 @@ def parse_args(argv=None):
         help="RandAugment 'num_ops,magnitude' or 'none'",
     )
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoints")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--overwrite", action="store_true", help="start over in an --out that holds a run"
+    )
+    args = p.parse_args(argv)
+    if args.resume and args.overwrite:
+        p.error("--resume continues the run in --out, --overwrite deletes it: pass one")
+    if args.epochs < 1:
+        p.error(f"--epochs must be >= 1. Received: {args.epochs}")
+    if args.warmup_epochs is None:
+        args.warmup_epochs = min(3, args.epochs - 1)
+        if args.warmup_epochs < 3:
+            print(f"Warm-up clamped to {args.warmup_epochs} epochs to fit --epochs {args.epochs}.")
+    elif not 0 <= args.warmup_epochs < args.epochs:
+        p.error(
+            f"--warmup-epochs must be >= 0 and smaller than --epochs ({args.epochs}). "
+            f"Received: --warmup-epochs {args.warmup_epochs}"
+        )
+    return args
+
+
+def report_lines(report):
+    """The report as a markdown table; floats rounded to 4 digits."""
+    rows = [(k, round(v, 4) if isinstance(v, float) else v) for k, v in report.items()]
+    return ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+
+
+def best_epoch_text(state):
+    """The best validation accuracy and the epoch (1-based) it was reached at."""
+    if state["best"] is None:
+        return "none"
+    return f"{state['best']:.4f} (epoch {state['best_epoch'] + 1})"
 
 
 def plot_learning_curve(history_csv, path):
@@ -75,9 +111,20 @@ def main(argv=None):
     import keras_sepvit
     from keras_sepvit import data, training
 
+    ckpt_dir = os.path.join(args.out, "checkpoints")
+    if training.existing_run(ckpt_dir) and not (args.resume or args.overwrite):
+        raise SystemExit(
+            f"error: {args.out} already holds a digits run. Continue it with --resume, start "
+            "over with --overwrite (deletes its checkpoints and log), or choose another --out."
+        )
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     splits = data.digits_splits(args.seed)
+    if len(splits["train"][0]) < args.batch_size:
+        raise SystemExit(
+            f"error: --batch-size {args.batch_size} is larger than the training split "
+            f"({len(splits['train'][0])} images). Received: --batch-size {args.batch_size}"
+        )
 
     def split(name):
         return data.array_split(*splits[name], class_names=[str(i) for i in range(10)])
@@ -112,21 +159,24 @@ def main(argv=None):
         warmup_steps=steps * args.warmup_epochs,
         weight_decay=args.weight_decay,
     )
-    ckpt_dir = os.path.join(args.out, "checkpoints")
     start = time.perf_counter()
-    _, initial_epoch = training.fit(
-        model,
-        optimizer,
-        train_ds,
-        val_ds,
-        args.epochs,
-        ckpt_dir,
-        label_smoothing=0.1,
-        resume=args.resume,
-        jit_compile=True,
-        tensorboard=False,
-        verbose=2,
-    )
+    try:
+        _, initial_epoch = training.fit(
+            model,
+            optimizer,
+            train_ds,
+            val_ds,
+            args.epochs,
+            ckpt_dir,
+            label_smoothing=0.1,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            jit_compile=True,
+            tensorboard=False,
+            verbose=2,
+        )
+    except training.TrainingError as e:
+        raise SystemExit(f"error: {e}") from e
     train_seconds = time.perf_counter() - start
 
     # The model is the end of the schedule: with 144 validation images one
@@ -137,7 +187,7 @@ def main(argv=None):
     model.save(tmp)
     os.replace(tmp, model_path)
     curve = os.path.join(args.out, "learning_curve.png")
-    plot_learning_curve(os.path.join(ckpt_dir, "log.csv"), curve)
+    plot_learning_curve(os.path.join(ckpt_dir, training.LOG), curve)
     state = training.read_state(ckpt_dir)
     report = {
         "network": "SepViT-Lite (from scratch)",
@@ -145,20 +195,21 @@ def main(argv=None):
         f"{args.image_size}x{args.image_size}",
         "train / val / test images": [len(splits[s][0]) for s in ("train", "val", "test")],
         "epochs": args.epochs,
-        "final validation accuracy": state["logs"]["val_accuracy"],
-        "best validation accuracy (epoch picked by)": state["best"],
-        "held-out test accuracy": float(test_accuracy),
-        "held-out test loss": float(test_loss),
+        "final validation accuracy": round(state["logs"]["val_accuracy"], 4),
+        "best validation accuracy (epoch)": best_epoch_text(state),
+        "held-out test accuracy": round(float(test_accuracy), 4),
+        "held-out test loss": round(float(test_loss), 4),
         "training seconds (this run)": round(train_seconds, 1),
         "train images / s": round(
             steps * (args.epochs - initial_epoch) * args.batch_size / train_seconds, 1
         ),
+        "checkpoint": os.path.join(ckpt_dir, training.CHECKPOINT),
         "model file": model_path,
         "learning curve": curve,
     }
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
-    lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in report.items()]
+    lines = report_lines(report)
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write("# Digits demo\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))

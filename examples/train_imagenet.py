@@ -4,16 +4,23 @@
         --out runs/sepvit_tiny
     python examples/train_imagenet.py --dataset /data/my_images --epochs 100 --batch-size 128
     python examples/train_imagenet.py ... --resume          # continue where it stopped
+    python examples/train_imagenet.py ... --overwrite       # start --out over (deletes its run)
 
 Defaults are the paper's (Sec. 4.1): 300 epochs, batch 1024, AdamW with lr
 1e-3 x batch / 1024, weight decay 0.05 (0.1 for B), 5 warm-up epochs (20 for
 B), cosine decay, stochastic depth 0.2 / 0.3 / 0.5 (T / S / B), label smoothing
 0.1, Mixup 0.8, CutMix 1.0, RandAugment, random erasing 0.25, gradient
 clipping. Distribution: several GPUs use MirroredStrategy, `--tpu` a TPU.
+
+An --out that already holds a run is refused unless --resume or --overwrite
+is given. Every epoch commits one verified checkpoint folder (--out/checkpoint);
+a non-finite loss, a damaged checkpoint or a failed write stops with exit
+status 1 and a message that says what to do.
 """
 
 import argparse
 import os
+import sys
 
 
 def parse_args(argv=None):
@@ -38,12 +45,22 @@ def parse_args(argv=None):
     )
     a("--out", default="runs/train", help="checkpoints, CSV and TensorBoard logs")
     a("--resume", action="store_true", help="continue from --out (weights, optimizer, epoch)")
+    a(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --out that holds a run (deletes its checkpoints and logs)",
+    )
     a("--epochs", type=int, default=300, help="training epochs")
     a("--batch-size", type=int, default=1024, help="global batch size (all replicas)")
     a("--lr", type=float, default=None, help="peak learning rate; default 1e-3 x batch / 1024")
     a("--min-lr", type=float, default=1e-5, help="final learning rate of the cosine")
     a("--weight-decay", type=float, default=None, help="AdamW decay; default 0.05, B 0.1")
-    a("--warmup-epochs", type=int, default=None, help="linear warm-up; default 5, B 20")
+    a(
+        "--warmup-epochs",
+        type=int,
+        default=None,
+        help="linear warm-up; default 5, B 20 (clamped to --epochs - 1 for shorter runs)",
+    )
     a(
         "--drop-path",
         type=float,
@@ -69,7 +86,56 @@ def parse_args(argv=None):
     a("--steps-per-epoch", type=int, default=None, help="limit steps (smoke tests)")
     a("--val-steps", type=int, default=None, help="limit validation steps")
     a("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
-    return p.parse_args(argv)
+    a(
+        "--skip-unreadable",
+        action="store_true",
+        help="image folders: skip files that do not decode as images (counted) instead of stopping",
+    )
+    args = p.parse_args(argv)
+    if args.resume and args.overwrite:
+        p.error("--resume continues the run in --out, --overwrite deletes it: pass one")
+    for flag in ("epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1. Received: {getattr(args, flag)}")
+    return args
+
+
+def warmup_epochs(args, recipe_epochs):
+    """The warm-up: --warmup-epochs (must be < --epochs), or the recipe's, clamped."""
+    if args.warmup_epochs is not None:
+        if not 0 <= args.warmup_epochs < args.epochs:
+            raise SystemExit(
+                f"error: --warmup-epochs must be >= 0 and smaller than --epochs "
+                f"({args.epochs}). Received: --warmup-epochs {args.warmup_epochs}"
+            )
+        return args.warmup_epochs
+    if recipe_epochs < args.epochs:
+        return recipe_epochs
+    print(
+        f"Warm-up clamped to {args.epochs - 1} epochs (the recipe's {recipe_epochs} do not fit "
+        f"--epochs {args.epochs}); set --warmup-epochs to choose."
+    )
+    return args.epochs - 1
+
+
+def training_steps(args, split):
+    """Steps per epoch; refuses a batch larger than the training split before training."""
+    from keras_sepvit import data
+
+    if args.steps_per_epoch is not None:
+        return args.steps_per_epoch
+    if split.num_examples is None:
+        raise SystemExit(
+            f"error: the size of {args.dataset!r} split {args.train_split!r} is unknown: "
+            "pass --steps-per-epoch"
+        )
+    if split.num_examples < args.batch_size:
+        raise SystemExit(
+            f"error: --batch-size {args.batch_size} is larger than the training split "
+            f"({split.num_examples} examples in {args.dataset!r} {args.train_split!r}), so an "
+            f"epoch would have no step. Use --batch-size {split.num_examples} or less."
+        )
+    return data.steps_per_epoch(split.num_examples, args.batch_size)
 
 
 def main(argv=None):
@@ -79,14 +145,31 @@ def main(argv=None):
     from keras_sepvit import data, training
     from keras_sepvit.model import VARIANTS
 
+    found = training.existing_run(args.out)
+    if found and not (args.resume or args.overwrite):
+        raise SystemExit(
+            f"error: {args.out} already holds a training run ({', '.join(found)}). Continue it "
+            "with --resume, or start over with --overwrite (deletes its checkpoints and "
+            "logs), or choose another --out."
+        )
+    if args.resume:
+        try:
+            training.read_state(args.out)  # a damaged checkpoint is refused before any work
+        except training.TrainingError as e:
+            raise SystemExit(f"error: {e}") from e
     keras.utils.set_random_seed(args.seed)
     if args.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(args.mixed_precision)
     recipe = training.RECIPES[args.variant]
-    train = data.load_split(args.dataset, args.train_split, args.data_dir, args.manual_dir)
-    val = data.load_split(
-        args.dataset, args.val_split, args.data_dir, args.manual_dir, train.class_names
+    folder = dict(skip_unreadable=args.skip_unreadable)
+    train = data.load_split(
+        args.dataset, args.train_split, args.data_dir, args.manual_dir, **folder
     )
+    val = data.load_split(
+        args.dataset, args.val_split, args.data_dir, args.manual_dir, train.class_names, **folder
+    )
+    steps = training_steps(args, train)
+    warmup = warmup_epochs(args, recipe["warmup_epochs"])
     randaugment = None
     if args.randaugment.lower() != "none":
         randaugment = tuple(int(v) for v in args.randaugment.split(","))
@@ -104,7 +187,6 @@ def main(argv=None):
     )
     val_ds = data.make_dataset(val, False, args.batch_size, **common)
 
-    steps = args.steps_per_epoch or data.steps_per_epoch(train.num_examples, args.batch_size)
     strategy = training.distribution_strategy(args.tpu)
     with strategy.scope():
         model = VARIANTS[args.variant](
@@ -112,7 +194,6 @@ def main(argv=None):
             classes=train.num_classes,
             drop_path_rate=(recipe["drop_path_rate"] if args.drop_path is None else args.drop_path),
         )
-        warmup = recipe["warmup_epochs"] if args.warmup_epochs is None else args.warmup_epochs
         optimizer = training.make_optimizer(
             model,
             learning_rate=args.lr or training.scaled_learning_rate(args.batch_size),
@@ -124,25 +205,38 @@ def main(argv=None):
             clipnorm=args.clip_norm,
             min_learning_rate=args.min_lr,
         )
-        training.fit(
-            model,
-            optimizer,
-            train_ds,
-            val_ds,
-            args.epochs,
-            args.out,
-            label_smoothing=args.label_smoothing,
-            resume=args.resume,
-            jit_compile=args.xla,
-            steps_per_epoch=args.steps_per_epoch,
-            validation_steps=args.val_steps,
-            tensorboard=not args.no_tensorboard,
+        try:
+            history, initial_epoch = training.fit(
+                model,
+                optimizer,
+                train_ds,
+                val_ds,
+                args.epochs,
+                args.out,
+                label_smoothing=args.label_smoothing,
+                resume=args.resume,
+                jit_compile=args.xla,
+                steps_per_epoch=args.steps_per_epoch,
+                validation_steps=args.val_steps,
+                tensorboard=not args.no_tensorboard,
+                overwrite=args.overwrite,
+            )
+        except training.TrainingError as e:
+            raise SystemExit(f"error: {e}") from e
+    state = training.read_state(args.out)
+    checkpoint = os.path.join(args.out, training.CHECKPOINT)
+    if state is not None:
+        best = "none yet" if state["best"] is None else f"{state['best']:.4f}"
+        if state["best_epoch"] is not None:
+            best += f" (epoch {state['best_epoch'] + 1})"
+        print(
+            f"Done: epoch {state['epoch'] + 1}/{args.epochs}, {state['monitor']} "
+            f"{state['logs'].get(state['monitor'], float('nan')):.4f}, best {best}. "
+            f"Checkpoint: {checkpoint} ({training.LAST}, {training.BEST}, {training.STATE}); "
+            f"log: {os.path.join(args.out, training.LOG)}"
         )
-    print(
-        f"Best weights: {os.path.join(args.out, 'best.weights.h5')}; "
-        f"last checkpoint: {os.path.join(args.out, 'last.keras')}"
-    )
+    return history, initial_epoch
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if main() else 1)

@@ -31,7 +31,20 @@ class Split:
         return len(self.class_names)
 
 
-def _folder_split(root, split, class_names=None):
+def unreadable_images(paths):
+    """The files among `paths` that do not decode as images (one parallel tf.data pass)."""
+
+    def probe(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return path, tf.shape(image)
+
+    ds = tf.data.Dataset.from_tensor_slices(list(paths))
+    ds = ds.map(probe, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
+    readable = {path.decode() for path, _ in ds.as_numpy_iterator()}
+    return [p for p in paths if p not in readable]
+
+
+def _folder_split(root, split, class_names=None, skip_unreadable=False):
     directory = os.path.join(root, split)
     if not os.path.isdir(directory):
         raise FileNotFoundError(
@@ -55,6 +68,18 @@ def _folder_split(root, split, class_names=None):
             if file.lower().endswith(IMAGE_EXTENSIONS):
                 paths.append(os.path.join(class_dir, file))
                 labels.append(index)
+    bad = unreadable_images(paths) if paths else []
+    if bad and not skip_unreadable:
+        raise ValueError(
+            f"{len(bad)} of {len(paths)} files under {directory!r} do not decode as images: "
+            f"{bad[:5]}{' ...' if len(bad) > 5 else ''}. Remove or replace them, or skip them "
+            "with skip_unreadable=True (--skip-unreadable)."
+        )
+    if bad:
+        print(f"Skipped {len(bad)} unreadable files under {directory} (first: {bad[0]})")
+        keep = set(bad)
+        labels = [label for path, label in zip(paths, labels) if path not in keep]
+        paths = [path for path in paths if path not in keep]
     if not paths:
         raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {directory!r}")
 
@@ -76,7 +101,9 @@ def _check_imagenet_manual_dir(manual_dir):
         )
 
 
-def load_split(source, split, data_dir=None, manual_dir=None, class_names=None):
+def load_split(
+    source, split, data_dir=None, manual_dir=None, class_names=None, skip_unreadable=False
+):
     """Loads one split from a tfds name or an image folder.
 
     Args:
@@ -86,12 +113,15 @@ def load_split(source, split, data_dir=None, manual_dir=None, class_names=None):
         data_dir: tfds data directory.
         manual_dir: folder with manually downloaded archives (imagenet2012).
         class_names: for folders, the training split's class order.
+        skip_unreadable: for folders, skip (and count) files that do not decode
+            as images; by default they are an error that names them. Every
+            file is decoded once here to check it.
 
     Returns:
         A `Split`.
     """
     if os.path.isdir(source):
-        return _folder_split(source, split, class_names)
+        return _folder_split(source, split, class_names, skip_unreadable)
     import tensorflow_datasets as tfds
 
     if source.startswith("imagenet2012") and not os.path.isdir(
@@ -309,7 +339,14 @@ def make_dataset(
 
 
 def steps_per_epoch(num_examples, batch_size):
-    return max(1, num_examples // batch_size)
+    """Full batches per epoch (training drops the remainder); refuses 0."""
+    if num_examples < batch_size:
+        raise ValueError(
+            f"The batch is larger than the training data, so an epoch would have no step: "
+            f"use batch_size <= {num_examples}. Received: batch_size={batch_size}, "
+            f"num_examples={num_examples}"
+        )
+    return num_examples // batch_size
 
 
 def eval_steps(num_examples, batch_size):

@@ -1,7 +1,6 @@
 """Training: recipe pieces, input pipelines (tfds mock data, image folders), resume, demo."""
 
 import csv
-import json
 import os
 
 import keras
@@ -111,8 +110,9 @@ def test_train_imagenet_on_mock_imagenet_full_augmentation(tmp_path, load_script
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert all(np.isfinite(float(r["loss"])) for r in rows)
     for name in ("last.keras", "best.weights.h5", "state.json"):
-        assert os.path.exists(os.path.join(out, name))
-    model = keras.saving.load_model(os.path.join(out, "last.keras"))
+        assert os.path.exists(os.path.join(out, "checkpoint", name))
+    assert training.read_state(out)["epoch"] == 1  # checksums verified
+    model = keras.saving.load_model(os.path.join(out, "checkpoint", "last.keras"))
     assert model.output_shape == (None, 1000)
 
 
@@ -122,7 +122,7 @@ def test_train_on_image_folder_and_help(tmp_path, capsys, load_script):
     load_script("examples", "train_imagenet").main(
         SMOKE + ["--dataset", root, "--out", out, "--xla"]
     )
-    model = keras.saving.load_model(os.path.join(out, "last.keras"))
+    model = keras.saving.load_model(os.path.join(out, "checkpoint", "last.keras"))
     assert model.output_shape == (None, 3)
     with pytest.raises(SystemExit):
         load_script("examples", "train_imagenet").parse_args(["--help"])
@@ -139,6 +139,8 @@ def test_train_on_image_folder_and_help(tmp_path, capsys, load_script):
         "--clip-norm",
         "--drop-path",
         "--weight-decay",
+        "--overwrite",
+        "--skip-unreadable",
     ):
         assert flag in help_text
 
@@ -191,7 +193,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     part = str(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
         _run(part, 3, extra_callbacks=[_Interrupt(at_step=6)])  # in epoch 2
-    state = json.load(open(os.path.join(part, "state.json")))
+    state = training.read_state(part)
     assert state["epoch"] == 0 and state["iterations"] == 4
     assert not [f for f in os.listdir(part) if ".tmp" in f]
     resumed, resumed_rates = _run(part, 3, resume=True)
@@ -207,7 +209,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
 def test_checkpoint_write_failure_keeps_previous(tmp_path, monkeypatch):
     directory = str(tmp_path / "ckpt")
     model, _ = _run(directory, 1)
-    before = open(os.path.join(directory, "last.keras"), "rb").read()
+    last = os.path.join(directory, "checkpoint", "last.keras")
+    before = open(last, "rb").read()
     callback = training.AtomicCheckpoint(directory)
     callback.set_model(model)
 
@@ -219,8 +222,9 @@ def test_checkpoint_write_failure_keeps_previous(tmp_path, monkeypatch):
     monkeypatch.setattr(model, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         callback.on_epoch_end(1, {"val_accuracy": 0.0})
-    assert open(os.path.join(directory, "last.keras"), "rb").read() == before
+    assert open(last, "rb").read() == before
     assert training.read_state(directory)["epoch"] == 0
+    assert sorted(os.listdir(directory)) == ["checkpoint", "log.csv"]  # no temporary left
 
 
 def test_digits_demo_short_run_learns(tmp_path, load_script):
