@@ -120,6 +120,24 @@ class LayerNorm(keras.layers.LayerNormalization):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class ChannelsLastRescaling(keras.layers.Rescaling):
+    """`keras.layers.Rescaling` (`x * scale + offset`) on the last axis, always.
+
+    Keras' layer reshapes a per-channel `scale` for channels-first input when
+    `keras.config.image_data_format()` says so at call time; SepViT works
+    channels-last inside whatever that setting is (a channels-first model
+    transposes once at its input), so the per-channel constants must stay on
+    the last axis. Same config and numbers as `Rescaling` on channels-last data.
+    """
+
+    def call(self, inputs):
+        dtype = self.compute_dtype
+        scale = self.backend.cast(self.scale, dtype)
+        offset = self.backend.cast(self.offset, dtype)
+        return self.backend.cast(inputs, dtype) * scale + offset
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class WindowPartition(keras.layers.Layer):
     """Splits a feature map into non-overlapping windows, padding if needed.
 
@@ -445,8 +463,10 @@ class PositionEncoding(keras.layers.Layer):
     """
 
     def build(self, input_shape):
+        # channels_last whatever keras.config.image_data_format() says: the
+        # model transposes channels-first input once at its input.
         self.conv = SUBLAYER_CLASSES["DepthwiseConv2D"](
-            3, padding="same", name="conv", dtype=self.dtype_policy
+            3, padding="same", data_format="channels_last", name="conv", dtype=self.dtype_policy
         )
         self.conv.build(input_shape)
 

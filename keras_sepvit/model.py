@@ -5,11 +5,18 @@ https://arxiv.org/abs/2203.15380 (Table 1), and the authors' classification
 code (github liwei109/SepViT), whose weights `load_official_weights` reads.
 """
 
+import json
+import numbers
+import os
+import warnings
+import zipfile
+from importlib import resources
+
 import keras
 import numpy as np
 from keras import layers
 
-from keras_sepvit.layers import LayerNorm, PositionEncoding, SepViTBlock
+from keras_sepvit.layers import ChannelsLastRescaling, LayerNorm, PositionEncoding, SepViTBlock
 
 # Table 1 of the paper; window sizes per block from the authors' code
 # (7 = DSSA, 14 = GSA, alternating in stages 2-3).
@@ -51,9 +58,15 @@ MODEL_CONFIGS = {
 DESIGN_RESOLUTION = 224
 STAGE_STRIDES = (4, 8, 16, 32)
 TOTAL_STRIDE = STAGE_STRIDES[-1]
+# Smallest input side: one pixel at stride 32 (as keras.applications' min_size).
+MIN_SIZE = TOTAL_STRIDE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Inputs with another channel count than RGB (grayscale, RGBA, ...): every
+# channel is normalised with the RGB statistics averaged over the channels.
+OTHER_MEAN = sum(IMAGENET_MEAN) / 3
+OTHER_STD = sum(IMAGENET_STD) / 3
 
 
 def block_attention(stage, window_size):
@@ -79,29 +92,40 @@ Reference: [SepViT: Separable Vision Transformer](https://arxiv.org/abs/2203.153
 (Li et al., 2022), matching the authors' classification code number for
 number (`keras_sepvit.load_official_weights`).
 
-The model takes images of any height and width that are multiples of 32,
-static or `None`. By default (`include_preprocessing=True`) it takes RGB
-values in [0, 255] and normalises them with the ImageNet mean/std inside.
+The model takes images of any height and width of at least 32 pixels,
+static or `None`; sizes that are not multiples of the windows are padded
+inside each block and the padding is masked out of the attention. It
+follows `keras.config.image_data_format()`: `(H, W, C)` inputs for
+"channels_last", `(C, H, W)` for "channels_first" (transposed once at the
+input and at the output; the layers work channels-last). By default
+(`include_preprocessing=True`) it takes pixel values in [0, 255] and
+normalises them with the ImageNet mean/std inside (other channel counts than
+3: every channel with the channel-averaged mean/std).
 
 Args:
     include_top: bool. Whether to include the final LayerNorm-pool-Dense
         classifier. Defaults to True.
     weights: None or the path of a `.weights.h5` / `.keras` file to load
-        (no downloads). For the authors' PyTorch weights use
-        `keras_sepvit.load_official_weights`. Defaults to None.
-    input_tensor: optional Keras tensor to use as the image input.
-    input_shape: optional `(H, W, C)` tuple; H and W multiples of 32 or
-        None. Defaults to `(224, 224, 3)`.
+        (no downloads: the authors published no ImageNet weights). For the
+        authors' PyTorch state dict use `keras_sepvit.load_official_weights`.
+        Defaults to None.
+    input_tensor: optional Keras tensor (a `keras.Input` or a layer's output)
+        to use as the image input.
+    input_shape: optional `(H, W, C)` tuple (`(C, H, W)` for
+        "channels_first"); H and W at least 32 or None. Defaults to
+        `(224, 224, 3)` with the top and `(None, None, 3)` without.
     pooling: None, "avg" or "max": pooling of the last feature map when
         `include_top=False`. Defaults to None (the 4-D map).
-    classes: int. Number of classes when `include_top=True`. Defaults to 1000.
+    classes: int. Number of classes when `include_top=True` (ignored
+        otherwise). Defaults to 1000.
     classifier_activation: str or callable for the top layer, or None for
         logits. Defaults to "softmax".
-    include_preprocessing: bool. Take [0, 255] RGB and normalise inside
+    include_preprocessing: bool. Take [0, 255] pixels and normalise inside
         (True), or take normalised input like the authors' model (False).
         Defaults to True.
-    drop_path_rate: float. Stochastic depth rate of the last block (linear
-        rule over blocks). Defaults to the paper's value for the variant.
+    drop_path_rate: float in [0, 1). Stochastic depth rate of the last block
+        (linear rule over blocks). Defaults to the paper's value for the
+        variant.
     window_token: "learnable" or "zero": window token embedding (Table 6).
         Defaults to "learnable".
     window_representation: "token", "avg_pool" or "dw_conv": how PWA
@@ -118,31 +142,175 @@ Example:
 """
 
 
-def _validate_input_shape(input_shape, include_preprocessing, name):
-    if input_shape is None:
-        return (DESIGN_RESOLUTION, DESIGN_RESOLUTION, 3)
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape}"
-        )
-    height, width, channels = input_shape
-    if channels is None or channels < 1:
-        raise ValueError(f"{name} needs a known channel count. Received: input_shape={input_shape}")
-    if include_preprocessing and channels != 3:
-        raise ValueError(
-            f"{name} with `include_preprocessing=True` takes RGB images (3 channels). "
-            f"Received: input_shape={input_shape}. Pass 3 channels, or "
-            "`include_preprocessing=False` for other inputs."
-        )
-    for axis, size in (("height", height), ("width", width)):
-        if size is not None and (size < TOTAL_STRIDE or size % TOTAL_STRIDE):
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _positive_ints(arg, value, count):
+    """`value` as a tuple of `count` positive Python ints, or a ValueError."""
+    try:
+        entries = tuple(value)
+    except TypeError:
+        entries = None
+    if entries is None or len(entries) != count:
+        raise ValueError(f"`{arg}` needs {count} entries, one per stage. Received: {arg}={value!r}")
+    if not all(_is_int(v) and v >= 1 for v in entries):
+        raise ValueError(f"`{arg}` entries must be positive ints. Received: {arg}={value!r}")
+    return tuple(int(v) for v in entries)
+
+
+def _validate_config(depths, channels, num_heads, window_sizes, mlp_ratio, drop_path_rate):
+    """The per-stage table as Python ints, each entry checked (ValueError otherwise)."""
+    stages = len(STAGE_STRIDES)
+    depths = _positive_ints("depths", depths, stages)
+    channels = _positive_ints("channels", channels, stages)
+    num_heads = _positive_ints("num_heads", num_heads, stages)
+    for stage, (width, heads) in enumerate(zip(channels, num_heads)):
+        if width % heads:
             raise ValueError(
-                f"{name} needs an input {axis} that is a multiple of {TOTAL_STRIDE} "
-                f"(the total stride), or None. Received: input_shape={input_shape}. "
-                f"Resize or pad to e.g. {max(TOTAL_STRIDE, size // TOTAL_STRIDE * TOTAL_STRIDE)}."
+                f"Stage {stage + 1} has {width} channels, not divisible by its {heads} "
+                f"heads. Received: channels={channels}, num_heads={num_heads}"
             )
-    return input_shape
+    try:
+        per_stage = [tuple(sizes) for sizes in window_sizes]
+    except TypeError:
+        per_stage = None
+    if per_stage is None or len(per_stage) != stages:
+        raise ValueError(
+            f"`window_sizes` needs {stages} entries, one tuple of window sizes per stage. "
+            f"Received: window_sizes={window_sizes!r}"
+        )
+    for stage, (depth, sizes) in enumerate(zip(depths, per_stage)):
+        if len(sizes) != depth:
+            raise ValueError(
+                f"Stage {stage + 1} has {depth} blocks but {len(sizes)} window sizes. "
+                f"Received: window_sizes={window_sizes!r}"
+            )
+        if not all(_is_int(ws) and ws >= 1 for ws in sizes):
+            raise ValueError(
+                f"Window sizes must be positive ints. Received: window_sizes={window_sizes!r}"
+            )
+    window_sizes = tuple(tuple(int(ws) for ws in sizes) for sizes in per_stage)
+    if not (_is_number(drop_path_rate) and 0.0 <= drop_path_rate < 1.0):
+        raise ValueError(
+            "`drop_path_rate` must be a float in [0, 1). "
+            f"Received: drop_path_rate={drop_path_rate!r}"
+        )
+    if not (_is_number(mlp_ratio) and int(min(channels) * mlp_ratio) >= 1):
+        raise ValueError(f"`mlp_ratio` must be a positive float. Received: mlp_ratio={mlp_ratio!r}")
+    return depths, channels, num_heads, window_sizes, float(drop_path_rate), float(mlp_ratio)
+
+
+def _validate_input_shape(input_shape, input_tensor, include_top, data_format, name):
+    """The (H, W, C) or (C, H, W) input shape, checked; defaults as keras.applications."""
+    if input_tensor is not None:
+        if not keras.utils.is_keras_tensor(input_tensor):
+            raise ValueError(
+                "`input_tensor` must be a Keras tensor (a `keras.Input(...)` or a layer's "
+                "output). To run the model on a tensor of images, build it and call it: "
+                f"`model(x)`. Received: input_tensor of type {type(input_tensor).__name__}"
+            )
+        tensor_shape = tuple(input_tensor.shape[1:])
+        if input_shape is None:
+            input_shape = tensor_shape
+        elif len(tuple(input_shape)) != len(tensor_shape) or any(
+            a is not None and b is not None and a != b
+            for a, b in zip(tuple(input_shape), tensor_shape)
+        ):
+            raise ValueError(
+                "`input_shape` does not match the shape of `input_tensor`. "
+                f"Received: input_shape={input_shape}, input_tensor.shape={input_tensor.shape}"
+            )
+    channels_first = data_format == "channels_first"
+    if input_shape is None:
+        side = DESIGN_RESOLUTION if include_top else None
+        return (3, side, side) if channels_first else (side, side, 3)
+    try:
+        dims = tuple(input_shape)
+    except TypeError:
+        dims = ()
+    layout = "(channels, height, width)" if channels_first else "(height, width, channels)"
+    if len(dims) != 3 or not all(d is None or (_is_int(d) and d >= 0) for d in dims):
+        raise ValueError(
+            f"`input_shape` must be {layout} with int or None sizes (image data format "
+            f"{data_format!r}). Received: input_shape={input_shape!r}"
+        )
+    dims = tuple(None if d is None else int(d) for d in dims)
+    channels = dims[0] if channels_first else dims[-1]
+    spatial = dims[1:] if channels_first else dims[:2]
+    if channels is None or channels < 1:
+        raise ValueError(
+            f"{name} needs a known channel count, {layout} with image data format "
+            f"{data_format!r}. Received: input_shape={input_shape!r}"
+        )
+    for axis, size in zip(("height", "width"), spatial):
+        if size is not None and size < MIN_SIZE:
+            raise ValueError(
+                f"{name} needs an input {axis} of at least {MIN_SIZE} (the total stride), "
+                f"or None. Received: input_shape={input_shape!r}"
+            )
+    return dims
+
+
+def _normalization(channels):
+    """(x / 255 - mean) / std as one per-channel affine map (channels-last)."""
+    mean, std = (
+        (IMAGENET_MEAN, IMAGENET_STD)
+        if channels == 3
+        else (
+            (OTHER_MEAN,) * channels,
+            (OTHER_STD,) * channels,
+        )
+    )
+    # Graph constants, not captured tensors, so every exporter (tf2onnx
+    # included) sees them.
+    return ChannelsLastRescaling(
+        scale=[1.0 / (255.0 * s) for s in std],
+        offset=[-m / s for m, s in zip(mean, std)],
+        name="normalization",
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_sepvit")
+class SepViTModel(keras.Model):
+    """The functional model that `SepViT` returns: a `keras.Model` whose
+    `predict` refuses an array without a batch axis (naming the fix) and
+    answers a batch of 0 images with an empty result."""
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        empty = _check_image_batch(self, x)
+        if empty is not None:
+            return empty
+        return super().predict(
+            x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+        )
+
+
+def _check_image_batch(model, x):
+    """None for inputs `predict` handles; the empty result for 0 images."""
+    shape = getattr(x, "shape", None)
+    if shape is None or isinstance(x, (dict, list, tuple)) or len(model.inputs) != 1:
+        return None
+    shape = tuple(shape)
+    expected = tuple(model.inputs[0].shape)
+    if len(shape) != len(expected):
+        fix = (
+            "For one image, add the batch axis: `x[None]` (or `np.expand_dims(x, 0)`)."
+            if len(shape) == len(expected) - 1
+            else ""
+        )
+        raise ValueError(
+            f"{model.name} takes a batch of images of shape {expected} (batch first). "
+            f"Received: an array of shape {shape}. {fix}".rstrip()
+        )
+    if shape[0] == 0:
+        outputs = model.compute_output_spec(keras.KerasTensor(shape, dtype=model.inputs[0].dtype))
+        return keras.tree.map_structure(lambda s: np.zeros(s.shape, s.dtype), outputs)
+    return None
 
 
 def SepViT(
@@ -170,7 +338,7 @@ def SepViT(
     Args:
         depths: 4 ints. Blocks per stage.
         channels: 4 ints. Channels per stage.
-        num_heads: 4 ints. Attention heads per stage.
+        num_heads: 4 ints. Attention heads per stage (dividing the channels).
         window_sizes: 4 tuples, one window size per block of each stage.
         mlp_ratio: float. MLP expansion ratio. Defaults to 4.
         attention: None (the paper's per-block attention) or "global": every
@@ -181,54 +349,55 @@ def SepViT(
     """
     if attention not in (None, "global"):
         raise ValueError(f'`attention` must be None or "global". Received: attention={attention!r}')
-    stage_args = {"depths": depths, "channels": channels, "num_heads": num_heads}
-    for arg, value in stage_args.items():
-        if len(value) != len(STAGE_STRIDES):
-            raise ValueError(f"`{arg}` needs 4 entries, one per stage. Received: {arg}={value}")
-    for stage, (depth, sizes) in enumerate(zip(depths, window_sizes)):
-        if len(sizes) != depth:
-            raise ValueError(
-                f"Stage {stage + 1} has {depth} blocks but {len(sizes)} window sizes. "
-                f"Received: window_sizes={window_sizes}"
-            )
+    depths, channels, num_heads, window_sizes, drop_path_rate, mlp_ratio = _validate_config(
+        depths, channels, num_heads, window_sizes, mlp_ratio, drop_path_rate
+    )
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
-    if include_top and (not isinstance(classes, int) or classes < 1):
-        raise ValueError(f"`classes` must be a positive int. Received: classes={classes}")
+    if include_top:
+        if not (_is_int(classes) and classes >= 1):
+            raise ValueError(f"`classes` must be a positive int. Received: classes={classes!r}")
+        classes = int(classes)
+        try:
+            classifier_activation = keras.activations.get(classifier_activation)
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                "`classifier_activation` must be None, an activation name such as "
+                "'softmax', or a callable. "
+                f"Received: classifier_activation={classifier_activation!r}"
+            ) from err
     if weights is not None:
-        _check_weights_path(weights)
-    classifier_activation = keras.activations.get(classifier_activation)
-
-    if input_tensor is not None and input_shape is None:
-        input_shape = tuple(input_tensor.shape[1:])
-    input_shape = _validate_input_shape(input_shape, include_preprocessing, name)
+        weights = _check_weights_path(weights)
+    data_format = keras.config.image_data_format()
+    input_shape = _validate_input_shape(input_shape, input_tensor, include_top, data_format, name)
     if input_tensor is None:
         img_input = layers.Input(shape=input_shape, name="image")
-    elif not keras.utils.is_keras_tensor(input_tensor):
-        img_input = layers.Input(tensor=input_tensor, shape=input_shape, name="image")
     else:
         img_input = input_tensor
 
     x = img_input
+    if data_format == "channels_first":
+        x = layers.Permute((2, 3, 1), name="to_channels_last")(x)  # (B, C, H, W) -> (B, H, W, C)
     if include_preprocessing:
-        # (x / 255 - mean) / std as one per-channel affine map: graph constants,
-        # not captured tensors, so every exporter (tf2onnx included) sees them.
-        x = layers.Rescaling(
-            scale=[1.0 / (255.0 * s) for s in IMAGENET_STD],
-            offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
-            name="normalization",
-        )(x)
+        x = _normalization(x.shape[-1])(x)
 
     rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
     block_index = 0
     for stage in range(len(depths)):
-        # Overlapping patch embedding with PyTorch's symmetric padding.
+        # Overlapping patch embedding with PyTorch's symmetric padding; the
+        # output is ceil(size / stride) for every size.
         kernel, stride = (7, 4) if stage == 0 else (3, 2)
         prefix = f"stage{stage + 1}"
-        x = layers.ZeroPadding2D(kernel // 2, name=f"{prefix}_embed_pad")(x)
-        x = layers.Conv2D(channels[stage], kernel, strides=stride, name=f"{prefix}_embed_conv")(
-            x
-        )  # (B, H / stride, W / stride, C)
+        x = layers.ZeroPadding2D(
+            kernel // 2, data_format="channels_last", name=f"{prefix}_embed_pad"
+        )(x)
+        x = layers.Conv2D(
+            channels[stage],
+            kernel,
+            strides=stride,
+            data_format="channels_last",
+            name=f"{prefix}_embed_conv",
+        )(x)  # (B, ceil(H / stride), ceil(W / stride), C)
         x = LayerNorm(epsilon=1e-5, name=f"{prefix}_embed_norm")(x)
         for j in range(depths[stage]):
             kind, grid = block_attention(stage, window_sizes[stage][j])
@@ -252,69 +421,155 @@ def SepViT(
 
     x = LayerNorm(epsilon=1e-6, name="norm")(x)
     if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.GlobalAveragePooling2D(data_format="channels_last", name="avg_pool")(x)
         # float32 head: logits/probabilities stay stable under mixed precision.
         x = layers.Dense(
             classes, activation=classifier_activation, name="predictions", dtype="float32"
         )(x)
     elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.GlobalAveragePooling2D(data_format="channels_last", name="avg_pool")(x)
     elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+        x = layers.GlobalMaxPooling2D(data_format="channels_last", name="max_pool")(x)
+    elif data_format == "channels_first":
+        x = layers.Permute((3, 1, 2), name="to_channels_first")(x)  # (B, H, W, C) -> (B, C, H, W)
 
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = keras.Model(inputs, x, name=name)
+    model = SepViTModel(inputs, x, name=name)
     if weights is not None:
         _load_weights(model, weights)
     return model
 
 
 def _check_weights_path(weights):
-    import os
-
-    weights = os.fspath(weights)
-    if not weights.endswith((".weights.h5", ".keras")):
+    """The weights path as a str; ValueError (as keras.applications) otherwise."""
+    if isinstance(weights, str) and weights == "imagenet":
+        raise ValueError(
+            "There are no ImageNet weights for SepViT to download: the authors published "
+            "none. Pass `weights=None` (random init) or the path of a `.weights.h5` / "
+            "`.keras` checkpoint (e.g. from `keras_sepvit.training`), or load the "
+            "authors' PyTorch state dict with "
+            "`keras_sepvit.load_official_weights(model, 'sepvit.pth')`. "
+            f"Received: weights={weights!r}"
+        )
+    try:
+        path = os.fspath(weights)
+    except TypeError:
+        path = None
+    if not isinstance(path, str) or not path.endswith((".weights.h5", ".keras")):
         raise ValueError(
             "`weights` must be None or the path of a `.weights.h5` or `.keras` file "
             "(there are no downloads; for the authors' PyTorch weights use "
             f"`keras_sepvit.load_official_weights`). Received: weights={weights!r}"
         )
-    if not os.path.exists(weights):
-        raise FileNotFoundError(f"Weights file not found. Received: weights={weights!r}")
+    if not os.path.isfile(path):
+        raise ValueError(f"The weights file does not exist. Received: weights={path!r}")
+    return path
+
+
+def _stem_hint(model, file_stem_shape):
+    """Why the stem convolution does not fit: the channel count of the images."""
+    kernel = model.get_layer("stage1_embed_conv").kernel
+    if file_stem_shape is None or tuple(file_stem_shape) == tuple(kernel.shape):
+        return ""
+    return (
+        f" The stem ('stage1_embed_conv', kernel (kh, kw, in, out)) is {tuple(kernel.shape)} "
+        f"in the model and {tuple(file_stem_shape)} in the file: its input channels are the "
+        "image channels, so build the model with the channel count the weights were "
+        "trained on (input_shape) or retrain the stem."
+    )
+
+
+def _h5_stem_shape(path):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            stem = f.get("layers/conv2d/vars/0")
+            return None if stem is None else tuple(stem.shape)
+    except OSError:
+        return None
 
 
 def _load_weights(model, path):
-    import warnings
-
-    path = str(path)
+    if path.endswith(".keras"):
+        _load_keras_file(model, path)
+        return
+    # Keras only warns when parts of a file do not match; a partial load must
+    # not pass silently, so those warnings become an error.
     try:
-        if path.endswith(".keras"):
-            source = keras.saving.load_model(path, compile=False)
-            mismatched = [
-                (a.path, a.shape, b.shape)
-                for a, b in zip(model.weights, source.weights)
-                if tuple(a.shape) != tuple(b.shape)
-            ]
-            if len(model.weights) != len(source.weights) or mismatched:
-                raise ValueError(
-                    f"{len(source.weights)} weights in the file, {len(model.weights)} in the "
-                    f"model; first shape mismatches (name, model, file): {mismatched[:3]}"
-                )
-            model.set_weights(source.get_weights())
-        else:
-            # Keras only warns when parts of a file do not match; a partial
-            # load must not pass silently, so those warnings become an error.
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                model.load_weights(path)
-            skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
-            if skipped:
-                raise ValueError(f"{len(skipped)} parts did not match, first: {skipped[0]}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(path)
+    except OSError as err:
+        raise ValueError(
+            f"Could not read the weights file {path!r} (truncated or not a Keras "
+            f"`.weights.h5` file?): {err}"
+        ) from err
     except ValueError as err:
         raise ValueError(
             f"The weights in {path!r} do not fit {model.name} (another variant, "
-            f"classes or ablation setting?): {err}"
+            f"classes, channels or ablation setting?): {_without_values(str(err))}"
+            + _stem_hint(model, _h5_stem_shape(path))
         ) from err
+    skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
+    if skipped:
+        raise ValueError(
+            f"The weights in {path!r} do not fit {model.name} (another variant, classes "
+            f"or ablation setting?): {len(skipped)} parts did not match, first: {skipped[0]}"
+        )
+
+
+def _without_values(message):
+    """Keras' mismatch message without the dump of the variable's values."""
+    head, found, rest = message.partition("Target variable:")
+    if not found:
+        return message
+    listed = rest[rest.find("List of objects") :] if "List of objects" in rest else ""
+    return " ".join((head.strip(), " ".join(listed.split()))).strip()
+
+
+def _load_keras_file(model, path):
+    """Weights of a saved model, matched layer by layer by name.
+
+    A file saved with the classifier loads into a model without it (the
+    head's weights are left out); everything else must match exactly.
+    Everything is checked before any weight is assigned.
+    """
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path!r} is not a readable `.keras` file (empty or truncated? It is not a "
+            "zip archive). Save the model again, or pass its `.weights.h5`."
+        )
+    try:
+        source = keras.saving.load_model(path, compile=False)
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"Could not read the model in {path!r} (truncated or damaged?): {err}"
+        ) from err
+    source_layers = {layer.name: layer for layer in source.layers if layer.weights}
+    target_layers = {layer.name: layer for layer in model.layers if layer.weights}
+    problems = []
+    for name, layer in target_layers.items():
+        other = source_layers.get(name)
+        if other is None:
+            problems.append(f"layer {name!r} is not in the file")
+            continue
+        shapes = [tuple(w.shape) for w in layer.weights]
+        other_shapes = [tuple(w.shape) for w in other.weights]
+        if shapes != other_shapes:
+            problems.append(f"layer {name!r}: {shapes} in the model, {other_shapes} in the file")
+    extra = sorted(set(source_layers) - set(target_layers) - {"predictions"})
+    if extra:
+        problems.append(f"layers in the file but not in the model: {extra[:5]}")
+    if problems:
+        stem = source_layers.get("stage1_embed_conv")
+        raise ValueError(
+            f"The weights in {path!r} do not fit {model.name} (another variant, classes, "
+            f"channels or ablation setting?): {len(problems)} problems, first: "
+            f"{problems[:3]}" + _stem_hint(model, None if stem is None else stem.kernel.shape)
+        )
+    for name, layer in target_layers.items():
+        layer.set_weights(source_layers[name].get_weights())
 
 
 def _variant(variant, **kwargs):
@@ -403,21 +658,90 @@ for _fn in VARIANTS.values():
     _fn.__doc__ = BASE_DOCSTRING.format(name=_fn.__name__, fn=_fn.__name__)
 
 
-def preprocess_input(x, data_format=None):  # noqa: ARG001
-    """A placeholder, as in `keras.applications.convnext`.
+def _data_format(data_format):
+    data_format = keras.config.image_data_format() if data_format is None else data_format
+    if data_format not in ("channels_first", "channels_last"):
+        raise ValueError(
+            "`data_format` must be None, 'channels_first' or 'channels_last'. "
+            f"Received: data_format={data_format!r}"
+        )
+    return data_format
+
+
+def preprocess_input(x, data_format=None):
+    """A placeholder, as in `keras.applications.convnext`: returns `x` unchanged.
 
     SepViT models normalise inside (`include_preprocessing=True`), so they take
-    RGB values in [0, 255] unchanged. For a model built with
+    pixel values in [0, 255] unchanged. For a model built with
     `include_preprocessing=False`, use `normalize_images` instead.
+
+    Args:
+        x: images (any array or tensor), returned as they are.
+        data_format: None (`keras.config.image_data_format()`),
+            "channels_first" or "channels_last". Checked, then unused.
     """
+    _data_format(data_format)
     return x
 
 
-def normalize_images(x):
-    """[0, 255] RGB -> ImageNet mean/std normalised (what the authors' model takes)."""
-    mean = np.asarray(IMAGENET_MEAN, "float32") * 255.0
-    std = np.asarray(IMAGENET_STD, "float32") * 255.0
-    return (keras.ops.convert_to_tensor(x, "float32") - mean) / std
+def normalize_images(x, data_format=None):
+    """[0, 255] pixels -> ImageNet mean/std normalised (what the authors' model takes).
+
+    The same map as the model's `include_preprocessing=True`: RGB with the
+    ImageNet statistics, other channel counts with the channel-averaged ones.
+    """
+    x = keras.ops.convert_to_tensor(x, "float32")
+    channels_first = _data_format(data_format) == "channels_first"
+    channels = x.shape[-3] if channels_first else x.shape[-1]
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (OTHER_MEAN, OTHER_STD)
+    shape = (-1, 1, 1) if channels_first else (-1,)
+    mean = np.reshape(np.asarray(mean, "float32") * 255.0, shape)
+    std = np.reshape(np.asarray(std, "float32") * 255.0, shape)
+    return (x - mean) / std
+
+
+def _imagenet_class_index():
+    text = resources.files("keras_sepvit").joinpath("resources/imagenet_class_index.json")
+    index = json.loads(text.read_text(encoding="utf-8"))
+    return [tuple(index[str(i)]) for i in range(len(index))]
+
+
+def decode_predictions(preds, top=5, class_names=None):
+    """Decodes a batch of predictions, as `keras.applications.*.decode_predictions`.
+
+    Works offline: the ImageNet-1k class index ships with the package.
+
+    Args:
+        preds: array or tensor (samples, classes) of scores.
+        top: int. How many top-scoring classes to return per sample.
+            Defaults to 5.
+        class_names: None for the 1000 ImageNet classes, or a list of class
+            names (one per column of `preds`) for a model trained on other
+            classes; their id is the column index as a string.
+
+    Returns:
+        A list with one list per sample of `(class_id, class_name, score)`
+        tuples, best first.
+    """
+    preds = np.asarray(keras.ops.convert_to_numpy(preds))
+    if class_names is None:
+        entries = _imagenet_class_index()
+    else:
+        entries = [(str(i), str(name)) for i, name in enumerate(class_names)]
+    if preds.ndim != 2 or preds.shape[1] != len(entries):
+        hint = " (pass `class_names` for a model trained on other classes)"
+        raise ValueError(
+            "`decode_predictions` expects a batch of predictions (a 2D array of shape "
+            f"(samples, {len(entries)})){hint if class_names is None else ''}. "
+            f"Received: an array of shape {preds.shape}"
+        )
+    if not (_is_int(top) and top >= 1):
+        raise ValueError(f"`top` must be a positive int. Received: top={top!r}")
+    results = []
+    for pred in preds:
+        best = np.argsort(-pred, kind="stable")[:top]
+        results.append([entries[i] + (pred[i],) for i in best])
+    return results
 
 
 def feature_pyramid(backbone):
@@ -425,7 +749,7 @@ def feature_pyramid(backbone):
 
     Returns a `keras.Model` on the same inputs with a dict output
     `{"P2", "P3", "P4", "P5"}`: each stage's output map, strides 4, 8, 16, 32,
-    channels as the variant's table.
+    channels as the variant's table, in the backbone's data format.
     """
     try:
         outputs = {
@@ -437,4 +761,9 @@ def feature_pyramid(backbone):
             "`feature_pyramid` needs a model built by keras_sepvit (layers "
             f"'stage1_output'..'stage4_output'). Received: model {backbone.name!r}"
         ) from err
+    if any(layer.name == "to_channels_last" for layer in backbone.layers):
+        outputs = {
+            level: layers.Permute((3, 1, 2), name=f"{level}_channels_first")(x)  # -> (B, C, H, W)
+            for level, x in outputs.items()
+        }
     return keras.Model(backbone.input, outputs, name=f"{backbone.name}_pyramid")

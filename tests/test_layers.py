@@ -11,6 +11,7 @@ import keras_sepvit
 from keras_sepvit import layers as sepvit_layers
 from keras_sepvit.inference import ConstantPadding2D
 from keras_sepvit.layers import (
+    ChannelsLastRescaling,
     DropPath,
     GroupedSelfAttention,
     LayerNorm,
@@ -106,6 +107,11 @@ LAYER_CASES = {
     "gsa": (
         lambda: GroupedSelfAttention(2, token_grid=(2, 2)),
         lambda: (_rand(2, 28, 28, 8),),
+        {},
+    ),
+    "channels_last_rescaling": (
+        lambda: ChannelsLastRescaling(scale=[0.5, 2.0, -1.0], offset=[0.1, 0.0, -3.0]),
+        lambda: (_rand(2, 5, 6, 3),),
         {},
     ),
     "constant_padding": (  # keras_sepvit.inference: the folded stem's padding
@@ -315,3 +321,29 @@ def test_layer_docstring_examples_run():
         sepvit_layers, extraglobs={"keras": keras}, optionflags=doctest.ELLIPSIS
     )
     assert tried > 0 and failures == 0
+
+
+def test_layers_stay_channels_last_under_a_channels_first_setting():
+    """The model transposes channels-first input once; its layers must not follow
+    keras.config.image_data_format() (Keras' Rescaling and convolutions do)."""
+    x = _rand(2, 5, 6, 3)
+    rescaling = ChannelsLastRescaling(**_scale_offset())
+    expected_rescaled = ops.convert_to_numpy(keras.layers.Rescaling(**_scale_offset())(x))
+    original = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        peg = PositionEncoding()
+        peg.build(x.shape)
+        rescaled = ops.convert_to_numpy(rescaling(x))
+        encoded = ops.convert_to_numpy(peg(x))
+    finally:
+        keras.config.set_image_data_format(original)
+    np.testing.assert_array_equal(rescaled, expected_rescaled)
+    reference = PositionEncoding()
+    reference.build(x.shape)
+    reference.set_weights(peg.get_weights())
+    np.testing.assert_array_equal(encoded, ops.convert_to_numpy(reference(x)))
+
+
+def _scale_offset():
+    return {"scale": [0.5, 2.0, -1.0], "offset": [0.1, 0.0, -3.0]}

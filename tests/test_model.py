@@ -194,21 +194,27 @@ def test_mixed_precision_builds_and_runs(policy):
         keras.mixed_precision.set_global_policy("float32")
 
 
+_LITE = dict(keras_sepvit.MODEL_CONFIGS["lite"])
+
+
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
-        (dict(input_shape=(224, 224, 1)), ValueError, r"input_shape=\(224, 224, 1\)"),
-        (
-            dict(input_shape=(225, 224, 3)),
-            ValueError,
-            r"multiple of 32.*input_shape=\(225, 224, 3\)",
-        ),
-        (dict(input_shape=(224, 16, 3)), ValueError, "multiple of 32"),
+        (dict(input_shape=(224, 16, 3)), ValueError, r"at least 32.*input_shape=\(224, 16, 3\)"),
         (dict(input_shape=(224, 224)), ValueError, r"input_shape=\(224, 224\)"),
+        (dict(input_shape=(224, 224, None)), ValueError, "channel count"),
+        (dict(input_shape=("64", "64", 3)), ValueError, r"input_shape=\('64', '64', 3\)"),
+        (dict(input_shape=(64.0, 64, 3)), ValueError, r"input_shape=\(64.0, 64, 3\)"),
         (dict(pooling="mean", include_top=False), ValueError, "pooling='mean'"),
         (dict(classes=0), ValueError, "classes=0"),
+        (dict(classes=True), ValueError, "classes=True"),
+        (dict(classes=5.0), ValueError, "classes=5.0"),
+        (dict(classifier_activation="nope"), ValueError, "classifier_activation='nope'"),
         (dict(weights="imagenet"), ValueError, "weights='imagenet'"),
-        (dict(weights="/no/such/file.weights.h5"), FileNotFoundError, "/no/such/file"),
+        (dict(weights="/no/such/file.weights.h5"), ValueError, "/no/such/file"),
+        (dict(weights="model.pth"), ValueError, "load_official_weights"),
+        (dict(drop_path_rate=1.5), ValueError, r"\[0, 1\).*drop_path_rate=1.5"),
+        (dict(drop_path_rate=-0.1), ValueError, "drop_path_rate=-0.1"),
         (dict(window_token="random"), ValueError, "window_token='random'"),
         (dict(window_representation="cls"), ValueError, "window_representation='cls'"),
     ],
@@ -216,6 +222,85 @@ def test_mixed_precision_builds_and_runs(policy):
 def test_bad_arguments_raise_clear_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         keras_sepvit.SepViTLite(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(num_heads=(0, 2, 4, 8)), r"positive ints.*num_heads=\(0, 2, 4, 8\)"),
+        (dict(num_heads=(3, 2, 4, 8)), r"32 channels, not divisible by its 3 heads"),
+        (dict(window_sizes=((0,), (7, 14), (7, 14) * 3, (7, 7))), "positive ints"),
+        (dict(window_sizes=((7,), (7, 14), (7, 14) * 3)), "needs 4 entries"),
+        (dict(window_sizes=((7,), (7, 14), (7, 14) * 3, (7, 7), (7,))), "needs 4 entries"),
+        (dict(window_sizes=((7,), (7,), (7, 14) * 3, (7, 7))), "Stage 2 has 2 blocks but 1"),
+        (dict(window_sizes=7), "window_sizes=7"),
+        (dict(depths=(1, 2, 6)), r"needs 4 entries.*depths=\(1, 2, 6\)"),
+        (dict(channels=(32, 64, 128, 256.0)), "positive ints"),
+        (dict(mlp_ratio=0), "mlp_ratio=0"),
+        (dict(attention="local"), "attention='local'"),
+    ],
+)
+def test_bad_configurations_raise_clear_errors(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        keras_sepvit.SepViT(**{**_LITE, **overrides}, input_shape=(64, 64, 3))
+
+
+def test_numpy_ints_are_accepted():
+    model = keras_sepvit.SepViTLite(
+        classes=np.int64(5), input_shape=(np.int64(64), np.int32(96), np.int64(3))
+    )
+    assert model.output_shape == (None, 5) and model.input_shape == (None, 64, 96, 3)
+    assert isinstance(model.get_layer("predictions").units, int)
+
+
+def test_predict_needs_a_batch_axis_and_takes_empty_batches():
+    model = keras_sepvit.SepViTLite(input_shape=(64, 64, 3), classes=5)
+    image = np.zeros((64, 64, 3), "float32")
+    with pytest.raises(ValueError, match=r"shape \(64, 64, 3\).*x\[None\]"):
+        model.predict(image, verbose=0)
+    assert model.predict(image[None], verbose=0).shape == (1, 5)
+    empty = model.predict(np.zeros((0, 64, 64, 3), "float32"), verbose=0)
+    assert empty.shape == (0, 5) and empty.dtype == np.float32
+    backbone = keras_sepvit.SepViTLite(include_top=False, input_shape=(None, None, 3))
+    assert backbone.predict(np.zeros((0, 123, 96, 3)), verbose=0).shape == (0, 4, 3, 256)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", "half"])
+def test_unreadable_keras_file_is_named(tmp_path, content):
+    path = tmp_path / "broken.keras"
+    if content == "half":
+        keras_sepvit.SepViTLite(input_shape=(64, 64, 3)).save(str(path))
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"broken\.keras.*(truncated|damaged)") as info:
+        keras_sepvit.SepViTLite(weights=str(path))
+    assert "File not found" not in str(info.value) and "do not fit" not in str(info.value)
+
+
+def test_truncated_weights_file_is_named(tmp_path):
+    path = tmp_path / "broken.weights.h5"
+    keras_sepvit.SepViTLite(input_shape=(64, 64, 3)).save_weights(str(path))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"broken\.weights\.h5.*truncated"):
+        keras_sepvit.SepViTLite(weights=str(path))
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".weights.h5"])
+def test_saved_classifier_loads_into_a_backbone(tmp_path, suffix):
+    source = keras_sepvit.SepViTLite(input_shape=(64, 64, 3), classes=10)
+    for w in source.weights:
+        w.assign(w + np.random.default_rng(7).normal(scale=0.01, size=w.shape))
+    path = str(tmp_path / f"lite{suffix}")
+    source.save(path) if suffix == ".keras" else source.save_weights(path)
+    backbone = keras_sepvit.SepViTLite(include_top=False, pooling="avg", weights=path)
+    for layer in backbone.layers:
+        for a, b in zip(layer.get_weights(), source.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    # Not the other way round: a backbone file lacks the classifier.
+    path = str(tmp_path / f"backbone{suffix}")
+    backbone.save(path) if suffix == ".keras" else backbone.save_weights(path)
+    with pytest.raises(ValueError, match="do not fit"):
+        keras_sepvit.SepViTLite(classes=10, weights=path)
 
 
 def test_weights_of_another_variant_are_refused(tmp_path):
