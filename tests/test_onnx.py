@@ -127,6 +127,7 @@ def test_optimize_reports_its_rewrites(tmp_path):
         (dict(batch_size=0), "Received: batch_size=0"),
         (dict(batch_size=True), "Received: batch_size=True"),
         (dict(opset=True), "Received: opset=True"),
+        (dict(opset=21), "Received: opset=21"),
     ],
 )
 def test_bad_onnx_arguments_fail_before_work(kwargs, match, tmp_path):
