@@ -24,6 +24,9 @@ import sys
 
 import numpy as np
 
+# Before TensorFlow loads: its C++ log lines (keras_sepvit.tf_logging says why).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 FORMATS = (
     "float32", "float16", "dynamic", "int8", "int8-full", "int16x8", "int8-qat", "onnx", "onnx-int8"
 )  # fmt: skip
@@ -77,6 +80,9 @@ def heldout_data(args, image_size):
 
 def main(argv=None):
     args = parse_args(argv)
+    from keras_sepvit.tf_logging import quiet_tensorflow
+
+    quiet_tensorflow()
     import keras
     import tensorflow as tf
 

@@ -22,6 +22,8 @@ quantization modes, and which to pick:
 See `keras_sepvit.tflite_quantization` for the "int8" recipe and why.
 """
 
+import contextlib
+import io
 import os
 import re
 
@@ -289,9 +291,12 @@ def _convert(converter_source, quantization, representative_data, qat_model):
             tf.lite.OpsSet.TFLITE_BUILTINS,
         ]
     converter.target_spec.supported_ops = ops
-    if quantization == "int8":
-        return _int8_with_float_attention(converter, qat_model, representative_data)
-    return converter.convert()
+    # Keras' SavedModel export prints every captured variable (about 1,500
+    # "Captures" lines for SepViT-Lite): nothing a user acts on.
+    with contextlib.redirect_stdout(io.StringIO()):
+        if quantization == "int8":
+            return _int8_with_float_attention(converter, qat_model, representative_data)
+        return converter.convert()
 
 
 def _takes_raw_pixels(model):

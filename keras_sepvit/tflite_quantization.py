@@ -32,7 +32,10 @@ activations quantized per inference by XNNPACK's QD8 kernels (see
 `quantize_dynamic`); no calibration.
 """
 
+import contextlib
+import io
 import os
+import warnings
 
 import numpy as np
 
@@ -76,7 +79,8 @@ def _signature(float_path):
 
 
 def _write(quantizer, calibration, out_path):
-    result = quantizer.quantize(calibration, enable_progress_report=False)
+    with _quiet():
+        result = quantizer.quantize(calibration, enable_progress_report=False)
     tmp = out_path + ".aeq.tmp"
     result.export_model(tmp, overwrite=True)
     os.replace(tmp, out_path)
@@ -117,8 +121,20 @@ def quantize_int8_xnnpack(float_path, out_path, images, head_names=(), stem_name
         q.add_dynamic_config(_regex(head_names), op_name.FULLY_CONNECTED, 8)
     key, input_name = _signature(float_path)
     images = np.asarray(images, "float32")
-    calibration = q.calibrate({key: [{input_name: image[None]} for image in images]})
+    with _quiet():  # a progress bar and a debugging-mode warning per call
+        calibration = q.calibrate({key: [{input_name: image[None]} for image in images]})
     return _write(q, calibration, out_path)
+
+
+@contextlib.contextmanager
+def _quiet():
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stderr(io.StringIO()),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+        yield
 
 
 def quantize_dynamic(float_path, out_path, stem_names=()):
