@@ -349,7 +349,8 @@ def _calibration_images(representative_data, model=None, limit=200):
             "`representative_data` is constant (every pixel the same): calibration "
             f"ranges would be degenerate. Received: all values {low}"
         )
-    if model is not None and _takes_raw_pixels(model) and (high <= 1.5 or low < -1e-3):
+    # [0, 1]-scaled images reach at most 1, ImageNet-normalised ones about 2.6.
+    if model is not None and _takes_raw_pixels(model) and high <= 3.0:
         raise ValueError(
             "This model normalises [0, 255] RGB inside (include_preprocessing=True), but "
             "`representative_data` is not in that range (scaled to [0, 1] or normalised "
