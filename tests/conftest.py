@@ -52,3 +52,17 @@ def load_script():
         return module
 
     return load
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """TensorFlow and then triton (PyTorch's CUDA wheel imports it, e.g. from
+    torch.onnx.export) in one process is a segmentation fault on a machine
+    with that wheel: the suite must keep PyTorch work in child processes."""
+    import sys
+
+    if "tensorflow" in sys.modules and ("triton" in sys.modules or "torch.onnx" in sys.modules):
+        session.exitstatus = 1
+        print(
+            "\nERROR: the test process imported TensorFlow and triton/torch.onnx; "
+            "move the PyTorch part into a child process (it segfaults with PyTorch's CUDA wheel)."
+        )
