@@ -18,6 +18,9 @@ import os
 import sys
 import time
 
+# Before TensorFlow loads: its C++ log lines (keras_sepvit.tf_logging says why).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,6 +109,9 @@ def plot_learning_curve(history_csv, path):
 
 def main(argv=None):
     args = parse_args(argv)
+    from keras_sepvit.tf_logging import quiet_tensorflow
+
+    quiet_tensorflow()
     import keras
 
     import keras_sepvit

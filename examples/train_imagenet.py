@@ -22,6 +22,9 @@ import argparse
 import os
 import sys
 
+# Before TensorFlow loads: its C++ log lines (keras_sepvit.tf_logging says why).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
@@ -140,6 +143,9 @@ def training_steps(args, split):
 
 def main(argv=None):
     args = parse_args(argv)
+    from keras_sepvit.tf_logging import quiet_tensorflow
+
+    quiet_tensorflow()
     import keras
 
     from keras_sepvit import data, training
