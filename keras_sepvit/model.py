@@ -215,6 +215,12 @@ def _validate_input_shape(input_shape, input_tensor, include_top, data_format, n
                 f"`model(x)`. Received: input_tensor of type {type(input_tensor).__name__}"
             )
         tensor_shape = tuple(input_tensor.shape[1:])
+        if len(tensor_shape) != 3:
+            raise ValueError(
+                "`input_tensor` must be a batch of images (batch, height, width, channels), "
+                "or (batch, channels, height, width) for 'channels_first'. "
+                f"Received: input_tensor.shape={input_tensor.shape}"
+            )
         if input_shape is None:
             input_shape = tensor_shape
         elif len(tuple(input_shape)) != len(tensor_shape) or any(
