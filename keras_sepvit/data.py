@@ -84,8 +84,16 @@ def _folder_split(root, split, class_names=None, skip_unreadable=False):
         raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {directory!r}")
 
     def decode(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return image, label
+        contents = tf.io.read_file(path)
+        # JPEG with the accurate IDCT (decode_image's default is the fast one, a
+        # few levels off): the pixels Pillow gives, so examples/run_tflite.py
+        # feeds a phone model exactly what training saw.
+        image = tf.cond(
+            tf.io.is_jpeg(contents),
+            lambda: tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(contents, channels=3, expand_animations=False),
+        )
+        return tf.ensure_shape(image, (None, None, 3)), label
 
     ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, "int64")))
     return Split(ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE), len(paths), class_names)
