@@ -337,11 +337,14 @@ def _calibration_images(representative_data, model=None, limit=200):
                 f"Calibration images must have the model's input shape {expected}. "
                 f"Received: images of shape {images.shape[1:]}"
             )
-    if not np.isfinite(images).all():
-        bad = int((~np.isfinite(images)).reshape(len(images), -1).any(-1).sum())
+    finite = np.isfinite(images)
+    if not finite.all():
+        bad = int((~finite).reshape(len(images), -1).any(-1).sum())
+        values = images[finite]
+        seen = f"min={values.min()}, max={values.max()}" if values.size else "no finite value"
         raise ValueError(
             f"`representative_data` holds non-finite values (NaN or inf) in {bad} of "
-            f"{len(images)} images. Received: min={np.nanmin(images)}, max={np.nanmax(images)}"
+            f"{len(images)} images. Received: {seen} among the finite ones"
         )
     low, high = float(images.min()), float(images.max())
     if high - low < 1e-6:
