@@ -33,6 +33,16 @@ QUANTIZATIONS = (None, "float32", "float16", "dynamic", "int8", "int8-full", "in
 _CALIBRATED = ("int8", "int8-full", "int16x8")
 
 
+def _check_batch_size(batch_size):
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(
+            "`batch_size` must be a positive int or None (dynamic). "
+            f"Received: batch_size={batch_size!r}"
+        )
+
+
 def _check_output_path(path, suffix):
     path = os.fspath(path)
     if not path.endswith(suffix):
@@ -426,13 +436,7 @@ def to_tflite(
             f"quantization={quantization!r} calibrates activation ranges and needs "
             "`representative_data` (e.g. a few hundred training images). Received: None"
         )
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(
-            "`batch_size` must be a positive int or None (dynamic). "
-            f"Received: batch_size={batch_size!r}"
-        )
+    _check_batch_size(batch_size)
     path = _check_output_path(path, ".tflite")
     _static_input_shape(model)
     if quantization == "int16x8":
@@ -625,13 +629,7 @@ def to_onnx(
             "`representative_data` (e.g. a few hundred training images). "
             "Received: representative_data=None"
         )
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(
-            "`batch_size` must be a positive int or None (dynamic). "
-            f"Received: batch_size={batch_size!r}"
-        )
+    _check_batch_size(batch_size)
     path = _check_output_path(path, ".onnx")
     _static_input_shape(model)
     import onnx

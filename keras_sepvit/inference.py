@@ -52,29 +52,24 @@ class ConstantPadding2D(keras.layers.Layer):
 
     def call(self, x):
         batch = ops.shape(x)[0]
-        height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+        channels = x.shape[3]
         if channels != len(self.value):
             raise ValueError(
                 f"ConstantPadding2D has {len(self.value)} channel values for a map with "
                 f"{channels} channels. Received: value={self.value}"
             )
         value = ops.cast(ops.convert_to_tensor(self.value), x.dtype)  # (C,)
-        (top, bottom), (left, right) = self.padding
-        rows = []
-        if top:
-            rows.append(ops.broadcast_to(value, (batch, top, width, channels)))
-        rows.append(x)
-        if bottom:
-            rows.append(ops.broadcast_to(value, (batch, bottom, width, channels)))
-        x = ops.concatenate(rows, axis=1) if len(rows) > 1 else x  # (B, H', W, C)
-        height = top + height + bottom
-        columns = []
-        if left:
-            columns.append(ops.broadcast_to(value, (batch, height, left, channels)))
-        columns.append(x)
-        if right:
-            columns.append(ops.broadcast_to(value, (batch, height, right, channels)))
-        return ops.concatenate(columns, axis=2) if len(columns) > 1 else x  # (B, H', W', C)
+        for axis, (before, after) in ((1, self.padding[0]), (2, self.padding[1])):
+            parts = []
+            for size in (before, None, after):
+                if size is None:
+                    parts.append(x)
+                elif size:
+                    shape = [batch, x.shape[1], x.shape[2], channels]
+                    shape[axis] = size
+                    parts.append(ops.broadcast_to(value, tuple(shape)))
+            x = ops.concatenate(parts, axis=axis) if len(parts) > 1 else x
+        return x  # (B, top + H + bottom, left + W + right, C)
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape
