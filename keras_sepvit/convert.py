@@ -51,6 +51,10 @@ def official_weight_map(model):
         mapping[f"{pre}.proj.weight"] = (conv.kernel, _conv)
         mapping[f"{pre}.proj.bias"] = (conv.bias, _same)
         mapping.update(_norm(f"{pre}.norm", model.get_layer(f"stage{stage + 1}_embed_norm")))
+        try:  # the dense backbone's per-stage output norm
+            mapping.update(_norm(f"norm_list.{stage}", model.get_layer(f"stage{stage + 1}_norm")))
+        except ValueError:
+            pass
         peg = model.get_layer(f"stage{stage + 1}_pos_encoding").conv
         mapping[f"pos_block.{stage}.proj.0.weight"] = (peg.kernel, _depthwise)
         mapping[f"pos_block.{stage}.proj.0.bias"] = (peg.bias, _same)
@@ -80,7 +84,10 @@ def official_weight_map(model):
         raise ValueError(
             f"Not a keras_sepvit SepViT model: found {stage} stages. Received: model {model.name!r}"
         )
-    mapping.update(_norm("norm", model.get_layer("norm")))
+    try:
+        mapping.update(_norm("norm", model.get_layer("norm")))
+    except ValueError:
+        pass  # the dense backbone has no final norm (its state dict's norm.* is unused)
     try:
         mapping.update(_dense("head", model.get_layer("predictions")))
     except ValueError:
@@ -154,7 +161,10 @@ def load_official_weights(model, weights):
 
     Args:
         model: a model from `keras_sepvit.SepViT*` of the same variant (built
-            with `include_top=False`, the `head.*` tensors are skipped).
+            with `include_top=False`, the `head.*` tensors are skipped). A
+            dense backbone (`dense=True`) reads the authors' detection /
+            segmentation state dict (`norm_list.*`; its unused `norm.*` and
+            `head.*` are skipped).
         weights: a path (`.npz`, or `.pth`/`.pt` with torch installed) or a
             dict of arrays keyed by the PyTorch names.
 
@@ -169,8 +179,14 @@ def load_official_weights(model, weights):
     state = weights if isinstance(weights, dict) else read_state_dict(weights)
     mapping = official_weight_map(model)
     has_head = "head.weight" in mapping
+    has_norm = "norm.weight" in mapping
     expected = set(mapping)
-    received = {k for k in state if has_head or not k.startswith("head.")}
+    # The authors' dense backbone builds `norm` and `head` but never calls them.
+    received = {
+        k
+        for k in state
+        if (has_head or not k.startswith("head.")) and (has_norm or not k.startswith("norm."))
+    }
     missing = sorted(expected - received)
     unexpected = sorted(received - expected)
     problems = {"shape": [], "dtype": [], "values": []}

@@ -130,6 +130,11 @@ Args:
         Defaults to "learnable".
     window_representation: "token", "avg_pool" or "dw_conv": how PWA
         summarises a window (Table 7). Defaults to "token".
+    dense: bool. Build the authors' detection/segmentation backbone
+        (`keras_sepvit.dense`; needs `include_top=False`): every block pads
+        to its window unmasked with a zero window token and runs PWA, and a
+        LayerNorm per stage gives the stage outputs
+        (`keras_sepvit.feature_pyramid(model)`: P2..P5). Defaults to False.
     name: str. Model name.
 
 Returns:
@@ -281,6 +286,23 @@ def _normalization(channels):
     )
 
 
+def patch_embedding(x, stage, channels):
+    """Overlapping patch embedding of a stage, with PyTorch's symmetric padding.
+
+    (B, H, W, C_in) -> (B, ceil(H / stride), ceil(W / stride), channels):
+    kernel 7 stride 4 in stage 0, kernel 3 stride 2 after, then LayerNorm.
+    """
+    kernel, stride = (7, 4) if stage == 0 else (3, 2)
+    prefix = f"stage{stage + 1}"
+    x = layers.ZeroPadding2D(kernel // 2, data_format="channels_last", name=f"{prefix}_embed_pad")(
+        x
+    )
+    x = layers.Conv2D(
+        channels, kernel, strides=stride, data_format="channels_last", name=f"{prefix}_embed_conv"
+    )(x)  # (B, ceil(H / stride), ceil(W / stride), C)
+    return LayerNorm(epsilon=1e-5, name=f"{prefix}_embed_norm")(x)
+
+
 @keras.saving.register_keras_serializable(package="keras_sepvit")
 class SepViTModel(keras.Model):
     """The functional model that `SepViT` returns: a `keras.Model` whose
@@ -337,6 +359,7 @@ def SepViT(
     window_representation="token",
     mlp_ratio=4.0,
     attention=None,
+    dense=False,
     name="sepvit",
 ):
     """Builds a SepViT from a per-stage configuration (see `MODEL_CONFIGS`).
@@ -351,10 +374,18 @@ def SepViT(
             block attends over its whole map, a plain global-attention ViT of
             the same widths and depths (the quadratic baseline of the
             paper's complexity analysis; no window tokens, no PWA weights).
+        dense: bool. Build the authors' detection/segmentation backbone
+            (`keras_sepvit.dense`) instead of the classifier's stages: zero
+            window tokens, padding unmasked, PSA in every block, a LayerNorm
+            per stage. Needs `include_top=False`.
         Other arguments: as in `SepViTLite`.
     """
     if attention not in (None, "global"):
         raise ValueError(f'`attention` must be None or "global". Received: attention={attention!r}')
+    if dense:
+        from keras_sepvit.dense import check_dense_arguments
+
+        check_dense_arguments(include_top, attention, window_token, window_representation)
     depths, channels, num_heads, window_sizes, drop_path_rate, mlp_ratio = _validate_config(
         depths, channels, num_heads, window_sizes, mlp_ratio, drop_path_rate
     )
@@ -388,23 +419,15 @@ def SepViT(
         x = _normalization(x.shape[-1])(x)
 
     rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+    if dense:
+        # The authors' detection/segmentation backbone (keras_sepvit.dense).
+        from keras_sepvit.dense import dense_stages
+
+        x = dense_stages(x, depths, channels, num_heads, window_sizes, mlp_ratio, rates)
     block_index = 0
-    for stage in range(len(depths)):
-        # Overlapping patch embedding with PyTorch's symmetric padding; the
-        # output is ceil(size / stride) for every size.
-        kernel, stride = (7, 4) if stage == 0 else (3, 2)
+    for stage in range(0 if dense else len(depths)):
+        x = patch_embedding(x, stage, channels[stage])
         prefix = f"stage{stage + 1}"
-        x = layers.ZeroPadding2D(
-            kernel // 2, data_format="channels_last", name=f"{prefix}_embed_pad"
-        )(x)
-        x = layers.Conv2D(
-            channels[stage],
-            kernel,
-            strides=stride,
-            data_format="channels_last",
-            name=f"{prefix}_embed_conv",
-        )(x)  # (B, ceil(H / stride), ceil(W / stride), C)
-        x = LayerNorm(epsilon=1e-5, name=f"{prefix}_embed_norm")(x)
         for j in range(depths[stage]):
             kind, grid = block_attention(stage, window_sizes[stage][j])
             if attention == "global":
@@ -425,7 +448,8 @@ def SepViT(
                 x = PositionEncoding(name=f"{prefix}_pos_encoding")(x)
         x = layers.Identity(name=f"{prefix}_output")(x)
 
-    x = LayerNorm(epsilon=1e-6, name="norm")(x)
+    if not dense:
+        x = LayerNorm(epsilon=1e-6, name="norm")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(data_format="channels_last", name="avg_pool")(x)
         # float32 head: logits/probabilities stay stable under mixed precision.
@@ -598,6 +622,7 @@ def SepViTLite(
     drop_path_rate=None,
     window_token="learnable",
     window_representation="token",
+    dense=False,
     name="sepvit_lite",
 ):
     return _variant("lite", **locals())
@@ -615,6 +640,7 @@ def SepViTTiny(
     drop_path_rate=None,
     window_token="learnable",
     window_representation="token",
+    dense=False,
     name="sepvit_tiny",
 ):
     return _variant("tiny", **locals())
@@ -632,6 +658,7 @@ def SepViTSmall(
     drop_path_rate=None,
     window_token="learnable",
     window_representation="token",
+    dense=False,
     name="sepvit_small",
 ):
     return _variant("small", **locals())
@@ -649,6 +676,7 @@ def SepViTBase(
     drop_path_rate=None,
     window_token="learnable",
     window_representation="token",
+    dense=False,
     name="sepvit_base",
 ):
     return _variant("base", **locals())
