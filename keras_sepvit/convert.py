@@ -211,6 +211,15 @@ def load_official_weights(model, weights):
         hint = (
             "; another variant or ablation setting?" if parts[:-1] or not problems["values"] else ""
         )
+        file_dense = any(k.startswith("norm_list.") for k in state)
+        if file_dense != any(k.startswith("norm_list.") for k in mapping):
+            hint = (
+                "; the file is the authors' dense (detection/segmentation) backbone: build "
+                "the model with `include_top=False, dense=True`"
+                if file_dense
+                else "; the file is a classifier and the model a dense backbone: use "
+                "`keras_sepvit.dense.load_classifier_weights` to initialise it from a classifier"
+            )
         raise ValueError(
             f"The state dict does not fit {model.name} ({len(received)} tensors received, "
             f"{len(expected)} expected{hint}): " + "; ".join(parts) + ". No weight was changed."
