@@ -186,7 +186,9 @@ def inference_model(model, batch_size=1, fold=True):
     Returns:
         A new `keras.Model` taking (batch_size, H, W, C) float32.
     """
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (
+        not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+    ):
         raise ValueError(
             f"`batch_size` must be a positive int or None. Received: batch_size={batch_size!r}"
         )

@@ -129,7 +129,8 @@ def test_inference_model_folds_exactly_and_leaves_the_source_alone():
         "stage1_embed_pad",
         "stage1_embed_conv",
     ]
-    with pytest.raises(ValueError, match="batch_size=-1"):
-        inference.inference_model(model, batch_size=-1)
+    for bad in (-1, True):  # a bool is an int to Python, not a batch size
+        with pytest.raises(ValueError, match=f"batch_size={bad!r}"):
+            inference.inference_model(model, batch_size=bad)
     with pytest.raises(ValueError, match="Dense"):
         inference.inference_model(keras.layers.Dense(3))
