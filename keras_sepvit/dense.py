@@ -127,21 +127,26 @@ def check_dense_arguments(include_top, attention, window_token, window_represent
         )
 
 
-def dense_stages(x, depths, channels, num_heads, window_sizes, mlp_ratio, rates):
+def dense_stages(x, depths, channels, num_heads, window_sizes, mlp_ratio, rates, dtype=None):
     """The four stages of the dense backbone on a (B, H, W, C) tensor.
 
     Layers are named as in the classifier (`stageS_embed_*`, `stageS_blockJ`,
     `stageS_pos_encoding`) plus `stageS_norm` (the authors' `norm_list.S`)
     and `stageS_output` (the normed map; `feature_pyramid` reads these).
-    Returns the last stage's output, (B, ceil(H / 32), ceil(W / 32), C4).
+    `rates`: the drop path rate of every block, in order; `dtype`: the dtype
+    policy of the layers (None: the global policy). Returns the four normed
+    stage outputs, (B, ceil(H / 4), ceil(W / 4), C1) ... (B, ceil(H / 32),
+    ceil(W / 32), C4).
     """
     from keras_sepvit.layers import LayerNorm
     from keras_sepvit.model import patch_embedding
 
+    outputs = []
     block_index = 0
     for stage in range(len(depths)):
         prefix = f"stage{stage + 1}"
-        x = patch_embedding(x, stage, channels[stage])  # (B, H / stride, W / stride, C)
+        # (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride), C_stage)
+        x = patch_embedding(x, stage, channels[stage], dtype=dtype)
         for j in range(depths[stage]):
             x = DenseSepViTBlock(
                 num_heads[stage],
@@ -149,13 +154,15 @@ def dense_stages(x, depths, channels, num_heads, window_sizes, mlp_ratio, rates)
                 mlp_ratio=mlp_ratio,
                 drop_path_rate=rates[block_index],
                 name=f"{prefix}_block{j + 1}",
+                dtype=dtype,
             )(x)
             block_index += 1
             if j == 0:
-                x = PositionEncoding(name=f"{prefix}_pos_encoding")(x)
-        x = LayerNorm(epsilon=1e-6, name=f"{prefix}_norm")(x)
-        x = layers.Identity(name=f"{prefix}_output")(x)
-    return x
+                x = PositionEncoding(name=f"{prefix}_pos_encoding", dtype=dtype)(x)
+        x = LayerNorm(epsilon=1e-6, name=f"{prefix}_norm", dtype=dtype)(x)
+        x = layers.Identity(name=f"{prefix}_output", dtype=dtype)(x)
+        outputs.append(x)
+    return outputs
 
 
 def _classifier_state(classifier):

@@ -286,21 +286,78 @@ def _normalization(channels):
     )
 
 
-def patch_embedding(x, stage, channels):
+def patch_embedding(x, stage, channels, dtype=None):
     """Overlapping patch embedding of a stage, with PyTorch's symmetric padding.
 
     (B, H, W, C_in) -> (B, ceil(H / stride), ceil(W / stride), channels):
     kernel 7 stride 4 in stage 0, kernel 3 stride 2 after, then LayerNorm.
+    `dtype`: the dtype policy of the layers (None: the global policy).
     """
     kernel, stride = (7, 4) if stage == 0 else (3, 2)
     prefix = f"stage{stage + 1}"
-    x = layers.ZeroPadding2D(kernel // 2, data_format="channels_last", name=f"{prefix}_embed_pad")(
-        x
-    )
+    x = layers.ZeroPadding2D(
+        kernel // 2, data_format="channels_last", name=f"{prefix}_embed_pad", dtype=dtype
+    )(x)
     x = layers.Conv2D(
-        channels, kernel, strides=stride, data_format="channels_last", name=f"{prefix}_embed_conv"
+        channels,
+        kernel,
+        strides=stride,
+        data_format="channels_last",
+        name=f"{prefix}_embed_conv",
+        dtype=dtype,
     )(x)  # (B, ceil(H / stride), ceil(W / stride), C)
-    return LayerNorm(epsilon=1e-5, name=f"{prefix}_embed_norm")(x)
+    return LayerNorm(epsilon=1e-5, name=f"{prefix}_embed_norm", dtype=dtype)(x)
+
+
+def classifier_stages(
+    x,
+    depths,
+    channels,
+    num_heads,
+    window_sizes,
+    mlp_ratio,
+    rates,
+    attention=None,
+    window_token="learnable",
+    window_representation="token",
+    dtype=None,
+):
+    """The four stages of the classifier on a (B, H, W, C) tensor.
+
+    Layers `stageS_embed_*`, `stageS_blockJ`, `stageS_pos_encoding` and
+    `stageS_output` (the stage's map; `feature_pyramid` reads these), named
+    as the authors' `patch_embeds.S`, `blocks.S.J`, `pos_block.S`. `rates`:
+    the drop path rate of every block, in order. Returns the four stage
+    outputs, (B, ceil(H / 4), ceil(W / 4), C1) ... (B, ceil(H / 32),
+    ceil(W / 32), C4).
+    """
+    outputs = []
+    block_index = 0
+    for stage in range(len(depths)):
+        x = patch_embedding(x, stage, channels[stage], dtype=dtype)
+        prefix = f"stage{stage + 1}"
+        for j in range(depths[stage]):
+            kind, grid = block_attention(stage, window_sizes[stage][j])
+            if attention == "global":
+                kind, grid = "global", None
+            x = SepViTBlock(
+                num_heads[stage],
+                window_size=window_sizes[stage][j],
+                attention=kind,
+                token_grid=grid,
+                window_token=window_token,
+                window_representation=window_representation,
+                mlp_ratio=mlp_ratio,
+                drop_path_rate=rates[block_index],
+                name=f"{prefix}_block{j + 1}",
+                dtype=dtype,
+            )(x)
+            block_index += 1
+            if j == 0:
+                x = PositionEncoding(name=f"{prefix}_pos_encoding", dtype=dtype)(x)
+        x = layers.Identity(name=f"{prefix}_output", dtype=dtype)(x)
+        outputs.append(x)
+    return outputs
 
 
 @keras.saving.register_keras_serializable(package="keras_sepvit")
@@ -423,30 +480,20 @@ def SepViT(
         # The authors' detection/segmentation backbone (keras_sepvit.dense).
         from keras_sepvit.dense import dense_stages
 
-        x = dense_stages(x, depths, channels, num_heads, window_sizes, mlp_ratio, rates)
-    block_index = 0
-    for stage in range(0 if dense else len(depths)):
-        x = patch_embedding(x, stage, channels[stage])
-        prefix = f"stage{stage + 1}"
-        for j in range(depths[stage]):
-            kind, grid = block_attention(stage, window_sizes[stage][j])
-            if attention == "global":
-                kind, grid = "global", None
-            x = SepViTBlock(
-                num_heads[stage],
-                window_size=window_sizes[stage][j],
-                attention=kind,
-                token_grid=grid,
-                window_token=window_token,
-                window_representation=window_representation,
-                mlp_ratio=mlp_ratio,
-                drop_path_rate=rates[block_index],
-                name=f"{prefix}_block{j + 1}",
-            )(x)
-            block_index += 1
-            if j == 0:
-                x = PositionEncoding(name=f"{prefix}_pos_encoding")(x)
-        x = layers.Identity(name=f"{prefix}_output")(x)
+        x = dense_stages(x, depths, channels, num_heads, window_sizes, mlp_ratio, rates)[-1]
+    else:
+        x = classifier_stages(
+            x,
+            depths,
+            channels,
+            num_heads,
+            window_sizes,
+            mlp_ratio,
+            rates,
+            attention=attention,
+            window_token=window_token,
+            window_representation=window_representation,
+        )[-1]
 
     if not dense:
         x = LayerNorm(epsilon=1e-6, name="norm")(x)
