@@ -210,8 +210,14 @@ def _validate_config(depths, channels, num_heads, window_sizes, mlp_ratio, drop_
     return depths, channels, num_heads, window_sizes, float(drop_path_rate), float(mlp_ratio)
 
 
-def _validate_input_shape(input_shape, input_tensor, include_top, data_format, name):
-    """The (H, W, C) or (C, H, W) input shape, checked; defaults as keras.applications."""
+def _validate_input_shape(
+    input_shape, input_tensor, include_top, data_format, name, arg="input_shape"
+):
+    """The (H, W, C) or (C, H, W) input shape, checked; defaults as keras.applications.
+
+    `arg`: the argument's name in error messages (`SepViTBackbone` calls it
+    `image_shape`).
+    """
     if input_tensor is not None:
         if not keras.utils.is_keras_tensor(input_tensor):
             raise ValueError(
@@ -233,8 +239,8 @@ def _validate_input_shape(input_shape, input_tensor, include_top, data_format, n
             for a, b in zip(tuple(input_shape), tensor_shape)
         ):
             raise ValueError(
-                "`input_shape` does not match the shape of `input_tensor`. "
-                f"Received: input_shape={input_shape}, input_tensor.shape={input_tensor.shape}"
+                f"`{arg}` does not match the shape of `input_tensor`. "
+                f"Received: {arg}={input_shape}, input_tensor.shape={input_tensor.shape}"
             )
     channels_first = data_format == "channels_first"
     if input_shape is None:
@@ -247,8 +253,8 @@ def _validate_input_shape(input_shape, input_tensor, include_top, data_format, n
     layout = "(channels, height, width)" if channels_first else "(height, width, channels)"
     if len(dims) != 3 or not all(d is None or (_is_int(d) and d >= 0) for d in dims):
         raise ValueError(
-            f"`input_shape` must be {layout} with int or None sizes (image data format "
-            f"{data_format!r}). Received: input_shape={input_shape!r}"
+            f"`{arg}` must be {layout} with int or None sizes (image data format "
+            f"{data_format!r}). Received: {arg}={input_shape!r}"
         )
     dims = tuple(None if d is None else int(d) for d in dims)
     channels = dims[0] if channels_first else dims[-1]
@@ -256,13 +262,13 @@ def _validate_input_shape(input_shape, input_tensor, include_top, data_format, n
     if channels is None or channels < 1:
         raise ValueError(
             f"{name} needs a known channel count, {layout} with image data format "
-            f"{data_format!r}. Received: input_shape={input_shape!r}"
+            f"{data_format!r}. Received: {arg}={input_shape!r}"
         )
     for axis, size in zip(("height", "width"), spatial):
         if size is not None and size < MIN_SIZE:
             raise ValueError(
                 f"{name} needs an input {axis} of at least {MIN_SIZE} (the total stride), "
-                f"or None. Received: input_shape={input_shape!r}"
+                f"or None. Received: {arg}={input_shape!r}"
             )
     return dims
 

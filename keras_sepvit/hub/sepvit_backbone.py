@@ -105,7 +105,9 @@ class SepViTBackbone(FeaturePyramidBackbone):
             depths, channels, num_heads, window_sizes, mlp_ratio, drop_path_rate
         )
         data_format = _data_format(data_format)
-        image_shape = _validate_input_shape(image_shape, None, False, data_format, "SepViTBackbone")
+        image_shape = _validate_input_shape(
+            image_shape, None, False, data_format, "SepViTBackbone", arg="image_shape"
+        )
         channels_first = data_format == "channels_first"
 
         # === Functional Model ===
@@ -147,6 +149,38 @@ class SepViTBackbone(FeaturePyramidBackbone):
         self.image_shape = image_shape
         self.data_format = data_format
         self.pyramid_outputs = pyramid_outputs
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=None, **kwargs):
+        """Builds a `SepViTBackbone` from a preset name or a preset folder.
+
+        The built-in presets (`SepViTBackbone.presets`: "sepvit_lite_dense",
+        "sepvit_lite", ... "sepvit_base") are architecture configs only (the
+        authors published no weights): they build a randomly initialised
+        backbone, with no download. A folder written by `save_to_preset`
+        loads its weights.
+
+        Args:
+            preset: str. A built-in preset name, or a local preset folder
+                (or any handle keras-hub's `Backbone.from_preset` takes).
+            load_weights: None, True or False. Load the preset's weights.
+                Defaults to None: False for the built-in presets, True
+                otherwise. True for a built-in preset is refused.
+            **kwargs: passed to the constructor, e.g. `dtype`,
+                `image_shape`.
+        """
+        entry = cls.presets.get(preset) if isinstance(preset, str) else None
+        config_only = entry is not None and entry["metadata"].get("config_only", False)
+        if load_weights is None:
+            load_weights = not config_only
+        elif load_weights and config_only:
+            raise ValueError(
+                f"The preset {preset!r} is an architecture config without weights (the "
+                "authors published none): pass `load_weights=False` (random init), or "
+                "`save_to_preset` a trained backbone and load that folder. "
+                f"Received: load_weights={load_weights!r}"
+            )
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
     def compute_output_spec(self, inputs, training=None, mask=None):
         # Keras runs a functional model's layers on the input specs; an array
