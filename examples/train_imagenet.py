@@ -5,12 +5,22 @@
     python examples/train_imagenet.py --dataset /data/my_images --epochs 100 --batch-size 128
     python examples/train_imagenet.py ... --resume          # continue where it stopped
     python examples/train_imagenet.py ... --overwrite       # start --out over (deletes its run)
+    python examples/train_imagenet.py --dataset digits --variant lite --image-size 32 \
+        --batch-size 64 --epochs 30 --backend jax           # scikit-learn digits, any backend
 
 Defaults are the paper's (Sec. 4.1): 300 epochs, batch 1024, AdamW with lr
 1e-3 x batch / 1024, weight decay 0.05 (0.1 for B), 5 warm-up epochs (20 for
 B), cosine decay, stochastic depth 0.2 / 0.3 / 0.5 (T / S / B), label smoothing
 0.1, Mixup 0.8, CutMix 1.0, RandAugment, random erasing 0.25, gradient
-clipping. Distribution: several GPUs use MirroredStrategy, `--tpu` a TPU.
+clipping.
+
+Backends (`--backend` or KERAS_BACKEND): tensorflow, jax, torch; the input
+pipeline is tf.data for all three. Distribution: TensorFlow uses
+MultiWorkerMirroredStrategy when TF_CONFIG (or a SLURM job of several tasks)
+describes a cluster, MirroredStrategy on several GPUs, `--tpu` a TPU; JAX
+uses keras.distribution.DataParallel over all devices, across hosts with
+`--coordinator/--num-processes/--process-id`; PyTorch one device. The
+README's "Training on many GPUs / TPUs / machines" gives the commands.
 
 An --out that already holds a run is refused unless --resume or --overwrite
 is given. Every epoch commits one verified checkpoint folder (--out/checkpoint);
@@ -32,11 +42,18 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a = p.add_argument
+    a(
+        "--backend",
+        default=None,
+        choices=["tensorflow", "jax", "torch"],
+        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
+    )
     a("--variant", default="tiny", choices=["lite", "tiny", "small", "base"], help="model size")
     a(
         "--dataset",
         default="imagenet2012",
-        help="tfds name, or a folder laid out as root/<split>/<class>/*.jpg",
+        help="tfds name, a folder laid out as root/<split>/<class>/*.jpg, or 'digits' "
+        "(scikit-learn's 8x8 scans; splits train/val/test, e.g. 'train[:256]')",
     )
     a("--train-split", default="train", help="training split")
     a("--val-split", default="validation", help="validation split")
@@ -83,8 +100,24 @@ def parse_args(argv=None):
         choices=["none", "mixed_float16", "mixed_bfloat16"],
         help="Keras dtype policy",
     )
-    a("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
-    a("--tpu", default=None, help="TPU name or address ('local' for a TPU VM)")
+    a(
+        "--jit-compile",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="compile the train step (XLA on TF/JAX, torch.compile); auto: the measured "
+        "per-backend default (training.JIT_COMPILE)",
+    )
+    a("--xla", action="store_true", help="same as --jit-compile on")
+    a(
+        "--no-augment",
+        action="store_true",
+        help="no crop/flip/RandAugment/erasing/Mixup/CutMix and no shuffling: the same batches "
+        "on any number of workers or devices, and after --resume (for checks)",
+    )
+    a("--tpu", default=None, help="TPU name or address ('local' for a TPU VM); TensorFlow")
+    a("--coordinator", default=None, help="JAX multi-host: host:port of process 0")
+    a("--num-processes", type=int, default=None, help="JAX multi-host: number of processes")
+    a("--process-id", type=int, default=None, help="JAX multi-host: this process (0-based)")
     a("--seed", type=int, default=0, help="random seed")
     a("--steps-per-epoch", type=int, default=None, help="limit steps (smoke tests)")
     a("--val-steps", type=int, default=None, help="limit validation steps")
@@ -97,6 +130,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.resume and args.overwrite:
         p.error("--resume continues the run in --out, --overwrite deletes it: pass one")
+    if args.xla:
+        args.jit_compile = "on"
     for flag in ("epochs", "batch_size"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1. Received: {getattr(args, flag)}")
@@ -121,6 +156,50 @@ def warmup_epochs(args, recipe_epochs):
     return args.epochs - 1
 
 
+def select_backend(backend):
+    """Sets KERAS_BACKEND before Keras loads; refuses a switch once it has loaded."""
+    if backend is None:
+        return os.environ.get("KERAS_BACKEND", "tensorflow")
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != backend:
+            raise SystemExit(
+                f"error: Keras is already loaded with the {keras.backend.backend()!r} backend in "
+                f"this process; run the script in a new process. Received: --backend {backend}"
+            )
+    os.environ["KERAS_BACKEND"] = backend
+    return backend
+
+
+def load_data(args, split, class_names=None):
+    """A `data.Split` of --dataset: tfds name, image folder or 'digits'."""
+    from keras_sepvit import data
+
+    if args.dataset != "digits":
+        return data.load_split(
+            args.dataset,
+            split,
+            args.data_dir,
+            args.manual_dir,
+            class_names,
+            skip_unreadable=args.skip_unreadable,
+        )
+    name, _, limit = split.partition("[:")
+    name = {"validation": "val"}.get(name, name)
+    splits = data.digits_splits(args.seed)
+    if name not in splits or (limit and not limit.rstrip("]").isdigit()):
+        raise SystemExit(
+            f"error: digits has the splits {sorted(splits)} (optionally sliced, e.g. "
+            f"'train[:256]'). Received: {split!r}"
+        )
+    images, labels = splits[name]
+    if limit:
+        count = int(limit.rstrip("]"))
+        images, labels = images[:count], labels[:count]
+    return data.array_split(images, labels, [str(i) for i in range(10)])
+
+
 def training_steps(args, split):
     """Steps per epoch; refuses a batch larger than the training split before training."""
     from keras_sepvit import data
@@ -143,6 +222,7 @@ def training_steps(args, split):
 
 def main(argv=None):
     args = parse_args(argv)
+    backend = select_backend(args.backend)
     from keras_sepvit.tf_logging import quiet_tensorflow
 
     quiet_tensorflow()
@@ -163,38 +243,60 @@ def main(argv=None):
             training.read_state(args.out)  # a damaged checkpoint is refused before any work
         except training.TrainingError as e:
             raise SystemExit(f"error: {e}") from e
+    if args.coordinator or args.num_processes:
+        try:
+            training.initialize_multi_host(args.coordinator, args.num_processes, args.process_id)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from e
+    try:  # before any TensorFlow op: a multi-worker strategy must come first
+        scope = training.distribution_scope(args.tpu)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     keras.utils.set_random_seed(args.seed)
     if args.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(args.mixed_precision)
     recipe = training.RECIPES[args.variant]
-    folder = dict(skip_unreadable=args.skip_unreadable)
-    train = data.load_split(
-        args.dataset, args.train_split, args.data_dir, args.manual_dir, **folder
-    )
-    val = data.load_split(
-        args.dataset, args.val_split, args.data_dir, args.manual_dir, train.class_names, **folder
-    )
+    train = load_data(args, args.train_split)
+    val = load_data(args, args.val_split, train.class_names)
     steps = training_steps(args, train)
     warmup = warmup_epochs(args, recipe["warmup_epochs"])
     randaugment = None
     if args.randaugment.lower() != "none":
         randaugment = tuple(int(v) for v in args.randaugment.split(","))
     common = dict(image_size=args.image_size, seed=args.seed)
-    train_ds = data.make_dataset(
-        train,
-        True,
-        args.batch_size,
-        randaugment=randaugment,
-        random_erasing=args.random_erasing,
-        mixup_alpha=args.mixup,
-        cutmix_alpha=args.cutmix,
-        repeat=args.steps_per_epoch is not None,
-        **common,
-    )
+    repeat = args.steps_per_epoch is not None
+    if args.no_augment:  # the evaluation transform, fixed order, full batches only
+        train_ds = data.make_dataset(train, False, args.batch_size, drop_remainder=True, **common)
+        train_ds = train_ds.repeat() if repeat else train_ds
+    else:
+        train_ds = data.make_dataset(
+            train,
+            True,
+            args.batch_size,
+            randaugment=randaugment,
+            random_erasing=args.random_erasing,
+            mixup_alpha=args.mixup,
+            cutmix_alpha=args.cutmix,
+            repeat=repeat,
+            **common,
+        )
     val_ds = data.make_dataset(val, False, args.batch_size, **common)
 
-    strategy = training.distribution_strategy(args.tpu)
-    with strategy.scope():
+    replicas = training.replicas()
+    if args.batch_size % replicas:
+        raise SystemExit(
+            f"error: the global batch must split evenly over the {replicas} replicas. "
+            f"Received: --batch-size {args.batch_size}"
+        )
+    if backend == "tensorflow":
+        # Workers of a TF cluster: tfds reads disjoint TFRecord files when there are
+        # enough, else (and for folders / arrays) each keeps its part of every batch.
+        policy = "auto" if args.dataset != "digits" and not os.path.isdir(args.dataset) else "data"
+        train_ds = training.shard_by(train_ds, policy)
+        val_ds = training.shard_by(val_ds, policy)
+    jit = {"on": True, "off": False}.get(args.jit_compile, training.default_jit_compile())
+    chief = training.is_chief()
+    with scope:
         model = VARIANTS[args.variant](
             input_shape=(args.image_size, args.image_size, 3),
             classes=train.num_classes,
@@ -211,6 +313,11 @@ def main(argv=None):
             clipnorm=args.clip_norm,
             min_learning_rate=args.min_lr,
         )
+        if chief:
+            print(
+                f"Backend {backend}, {replicas} replica(s), global batch {args.batch_size}, "
+                f"jit_compile={jit}"
+            )
         try:
             history, initial_epoch = training.fit(
                 model,
@@ -221,17 +328,18 @@ def main(argv=None):
                 args.out,
                 label_smoothing=args.label_smoothing,
                 resume=args.resume,
-                jit_compile=args.xla,
+                jit_compile=jit,
                 steps_per_epoch=args.steps_per_epoch,
                 validation_steps=args.val_steps,
                 tensorboard=not args.no_tensorboard,
+                verbose="auto" if chief else 0,
                 overwrite=args.overwrite,
             )
         except training.TrainingError as e:
             raise SystemExit(f"error: {e}") from e
     state = training.read_state(args.out)
     checkpoint = os.path.join(args.out, training.CHECKPOINT)
-    if state is not None:
+    if state is not None and chief:
         best = "none yet" if state["best"] is None else f"{state['best']:.4f}"
         if state["best_epoch"] is not None:
             best += f" (epoch {state['best_epoch'] + 1})"

@@ -11,8 +11,16 @@ metric) and `state.json` (epoch, history and the files' SHA-256). It is
 written as `checkpoint.tmp/` and renamed into place, so a run killed at any
 moment leaves a complete checkpoint; resume verifies the checksums and
 refuses a damaged one. A run is never overwritten unless asked, and a
-non-finite loss stops training before anything of it is saved. TensorFlow
-backend for distribution strategies; the recipe itself is plain Keras.
+non-finite loss stops training before anything of it is saved.
+
+Distribution, by backend (`distribution_scope` picks it): TensorFlow uses
+`MultiWorkerMirroredStrategy` when a cluster is configured (`TF_CONFIG`, or a
+SLURM job of several tasks), `MirroredStrategy` on several GPUs, a TPU with
+`tpu=`; JAX uses `keras.distribution.DataParallel` over every device of every
+process (`initialize_multi_host` joins processes); PyTorch trains on one
+device. In a cluster only the chief (TF: task "chief", else worker 0; JAX:
+process 0) commits checkpoints; the other workers make the same calls into a
+temporary folder that is deleted, so collective reads stay in step.
 """
 
 import csv
@@ -24,6 +32,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import warnings
 import zipfile
 from collections import Counter
@@ -31,6 +40,19 @@ from collections import Counter
 import keras
 import numpy as np
 
+from keras_sepvit.distribution import (  # noqa: F401 (public here too)
+    JIT_COMPILE,
+    AdamW,
+    cluster_resolver,
+    default_jit_compile,
+    distribution_scope,
+    distribution_strategy,
+    initialize_multi_host,
+    is_chief,
+    multi_worker_strategy,
+    replicas,
+    shard_by,
+)
 from keras_sepvit.layers import PositionEncoding, WindowTokens
 
 # Sec. 4.1 and the DeiT/PVT recipe it follows; Lite is not in the paper's
@@ -87,6 +109,11 @@ def warmup_cosine_schedule(
     )
 
 
+def optimizer_step(optimizer):
+    """`optimizer.iterations` as a Python int, on every backend and under tf.distribute."""
+    return int(optimizer.iterations.numpy())
+
+
 def make_optimizer(
     model,
     learning_rate,
@@ -96,10 +123,17 @@ def make_optimizer(
     clipnorm=5.0,
     min_learning_rate=1e-5,
 ):
-    """AdamW with the recipe's schedule, decay exclusions and gradient clipping."""
+    """AdamW with the recipe's schedule, decay exclusions and gradient clipping.
+
+    Inside a TensorFlow strategy of several replicas it is `training.AdamW`,
+    which clips the all-reduced gradient (Keras clips each replica's share).
+    """
     if learning_rate is None or learning_rate <= 0:
         raise ValueError(f"`learning_rate` must be > 0. Received: learning_rate={learning_rate}")
-    optimizer = keras.optimizers.AdamW(
+    cls = keras.optimizers.AdamW
+    if clipnorm and keras.backend.backend() == "tensorflow" and replicas() > 1:
+        cls = AdamW
+    optimizer = cls(
         learning_rate=warmup_cosine_schedule(
             learning_rate, total_steps, warmup_steps, min_learning_rate=min_learning_rate
         ),
@@ -399,9 +433,9 @@ def restore(model, directory):
     _check_fits(model, checkpoint, with_optimizer=True)
 
     def same_step():
-        if int(model.optimizer.iterations) != state["iterations"]:
+        if optimizer_step(model.optimizer) != state["iterations"]:
             raise CheckpointError(
-                f"{checkpoint} holds optimizer step {int(model.optimizer.iterations)}, "
+                f"{checkpoint} holds optimizer step {optimizer_step(model.optimizer)}, "
                 f"{os.path.join(folder, STATE)} says {state['iterations']}: they disagree"
             )
 
@@ -424,7 +458,7 @@ def load_best(model, directory):
 
 
 def _all_finite(variables):
-    return all(np.isfinite(np.asarray(v)).all() for v in variables)
+    return all(np.isfinite(v.numpy()).all() for v in variables)
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
@@ -442,20 +476,30 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         monitor: str. Metric for "best" (e.g. "val_accuracy"); higher is
             better unless `mode="min"`.
         mode: "max" or "min".
+        chief: bool or None. Whether this process commits the checkpoints.
+            None asks `is_chief()` (True outside a cluster). The other
+            workers of a cluster write the same files into a temporary
+            folder that is deleted: their calls stay in step with the
+            chief's, and `directory` (shared by all) is written once.
     """
 
-    def __init__(self, directory, monitor="val_accuracy", mode="max"):
+    def __init__(self, directory, monitor="val_accuracy", mode="max", chief=None):
         super().__init__()
         if mode not in ("max", "min"):
             raise ValueError(f"`mode` must be 'max' or 'min'. Received: mode={mode!r}")
         self.directory = directory
         self.monitor = monitor
         self.mode = mode
-        os.makedirs(directory, exist_ok=True)
+        self.chief = chief
+        if self._chief():
+            os.makedirs(directory, exist_ok=True)
         state = read_state(directory)
         self.state = state
         self.best = state.get("best") if state else None
         self._iterations = None
+
+    def _chief(self):
+        return is_chief() if self.chief is None else self.chief
 
     def _better(self, value):
         if self.best is None:
@@ -471,13 +515,13 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         )
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._iterations = int(self.model.optimizer.iterations)
+        self._iterations = optimizer_step(self.model.optimizer)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         if (
             self._iterations is not None
-            and int(self.model.optimizer.iterations) == self._iterations
+            and optimizer_step(self.model.optimizer) == self._iterations
         ):
             raise TrainingError(
                 f"Epoch {epoch + 1} ran no training step: the training data yields no batch "
@@ -496,9 +540,22 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.commit(epoch, logs, value is not None and self._better(value))
 
     def commit(self, epoch, logs, improved):
-        """Writes and commits the checkpoint of `epoch` (0-based)."""
-        final, prev, tmp = _paths(self.directory)
-        committed = _committed(self.directory)
+        """Writes and commits the checkpoint of `epoch` (0-based).
+
+        On a worker that is not the chief, the same files are written to a
+        temporary folder, which is then deleted.
+        """
+        if self._chief():
+            return self._commit(self.directory, epoch, logs, improved)
+        scratch = tempfile.mkdtemp(prefix="keras_sepvit_worker_")
+        try:
+            self._commit(scratch, epoch, logs, improved, shared_best=False)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _commit(self, directory, epoch, logs, improved, shared_best=True):
+        final, prev, tmp = _paths(directory)
+        committed = _committed(directory)
         history = [r for r in (self.state or {}).get("history", []) if r["epoch"] < epoch]
         history.append({"epoch": epoch, **logs})
         best, best_epoch = self.best, (self.state or {}).get("best_epoch")
@@ -510,7 +567,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             _step("mkdir")
             if improved:
                 self.model.save_weights(os.path.join(tmp, BEST))
-            elif self.state and BEST in self.state["files"]:
+            elif shared_best and committed and self.state and BEST in self.state["files"]:
                 _link_or_copy(os.path.join(committed, BEST), os.path.join(tmp, BEST))
             _step("best")
             self.model.save(os.path.join(tmp, LAST))
@@ -523,7 +580,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             state = {
                 "format": STATE_FORMAT,
                 "epoch": epoch,
-                "iterations": int(self.model.optimizer.iterations),
+                "iterations": optimizer_step(self.model.optimizer),
                 "monitor": self.monitor,
                 "mode": self.mode,
                 "best": best,
@@ -541,7 +598,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
                 os.replace(final, prev)
                 _step("demote")
             os.replace(tmp, final)
-            _fsync(self.directory, directory=True)
+            _fsync(directory, directory=True)
         except OSError as e:
             _discard(tmp)
             gc.collect()  # closes what the failed writer left open while the files still exist
@@ -556,7 +613,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             raise
         _step("commit")
         self.state, self.best = state, best
-        write_log(self.directory, history)
+        write_log(directory, history)
         _step("log")
 
 
@@ -581,26 +638,9 @@ def training_callbacks(directory, monitor="val_accuracy", tensorboard=True):
             "(`pip install tensorboard`, or keras-sepvit[train]).",
             stacklevel=2,
         )
-    elif tensorboard:
+    elif tensorboard and is_chief():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(directory, "tensorboard")))
     return callbacks
-
-
-def distribution_strategy(tpu=None):
-    """TPUStrategy with `tpu` ("" or "local" for a local TPU VM), MirroredStrategy
-    with several GPUs, else the default strategy. TensorFlow backend."""
-    import tensorflow as tf
-
-    if tpu is not None:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-            tpu="" if tpu == "local" else tpu
-        )
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def fit(
@@ -627,6 +667,10 @@ def fit(
     refused unless `resume=True` or `overwrite=True` (which deletes that run's
     checkpoints and logs first). Returns `(history, initial_epoch)`.
 
+    In a cluster (TensorFlow multi-worker, JAX multi-host), call it on every
+    worker with the same shared `directory`: the chief alone deletes, writes
+    and commits; every worker restores from it.
+
     Raises:
         RunExistsError: `directory` holds a run and neither flag was given.
         CheckpointError: the checkpoint to resume is missing or damaged.
@@ -648,13 +692,15 @@ def fit(
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )
-    if overwrite:
+    chief = is_chief()
+    if overwrite and chief:
         clear_run(directory)
-    os.makedirs(directory, exist_ok=True)
+    if chief:
+        os.makedirs(directory, exist_ok=True)
     initial_epoch = 0
     if resume:
         initial_epoch = restore(model, directory)
-        if initial_epoch:
+        if initial_epoch and chief:
             write_log(directory, read_state(directory)["history"])
             print(f"Resuming at epoch {initial_epoch + 1} from {directory}")
     history = model.fit(
