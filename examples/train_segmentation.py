@@ -1,0 +1,327 @@
+"""Train a semantic segmenter (Semantic FPN or DeepLabV3+) on a SepViT backbone.
+
+    python examples/train_segmentation.py --out runs/fpn_ade     # ADE20K (tfds scene_parse150)
+    python examples/train_segmentation.py --dataset /data/ADEChallengeData2016 \
+        --val-split validation --out runs/fpn_ade                # mmseg's folder layout
+    python examples/train_segmentation.py --digit-scenes --iterations 600 --lr 1e-3 \
+        --out runs/digit_fpn                                     # offline, CPU minutes
+    python examples/train_segmentation.py ... --resume     # continue where it stopped
+    python examples/train_segmentation.py ... --overwrite  # start --out over (deletes its run)
+
+Defaults are the paper's Semantic FPN setting on ADE20K (Sec. 4.2): 512x512
+crops, AdamW with learning rate and weight decay 1e-4, 80k iterations at
+batch 16 with the poly (power 0.9) schedule, stochastic depth 0.2 / 0.3 / 0.4
+(T / S / B; 0.1 for Lite); mmsegmentation's augmentation (random rescale
+0.5-2x of (2048, 512), random crop, flip). ADE20K's label 0 ("other") is
+ignored (label 255) and 1..150 become 0..149. Evaluation: `keras.metrics.MeanIoU`
+on the validation split (images fitted into the crop size and padded; the
+padding is ignored). Backbones start from random weights unless
+--init-from gives a SepViT classifier (`.weights.h5`, `.keras`, or the
+authors' `.pth`/`.npz`), loaded as the paper initialises from ImageNet.
+
+tfds' `scene_parse150` builder downloads the scene-parsing *instance*
+annotations, whose PNGs carry the class in their first channel; for the
+standard 150-class benchmark, point --dataset at ADEChallengeData2016 (the
+folder layout `root/images/<split>/*.jpg`, `root/annotations/<split>/*.png`).
+
+An --out that already holds a run is refused unless --resume or --overwrite
+is given. Every epoch (--steps-per-epoch iterations) commits one verified
+checkpoint folder (--out/checkpoint); a resumed run sees exactly the batches
+and learning rates of an uninterrupted one; a non-finite loss, a damaged
+checkpoint or a failed write stops with exit status 1 and a message that
+says what to do.
+"""
+
+import argparse
+import os
+import sys
+
+# Before TensorFlow loads: its C++ log lines (keras_sepvit.tf_logging says why).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+DROP_PATH = {"sepvit_lite": 0.1, "sepvit_tiny": 0.2, "sepvit_small": 0.3, "sepvit_base": 0.4}
+BACKBONES = ("sepvit_lite", "sepvit_tiny", "sepvit_small", "sepvit_base", "mit_b0")
+DATASETS = {  # name: (num_classes, reduce_zero_label, val split)
+    "scene_parse150": (150, True, "test"),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument
+    a(
+        "--dataset",
+        default="scene_parse150",
+        help="tfds name, or a folder root/images/<split>/*.jpg + root/annotations/<split>/*.png",
+    )
+    a("--digit-scenes", action="store_true", help="the built-in offline digit scenes instead")
+    a("--num-train", type=int, default=2000, help="digit scenes: training scenes")
+    a("--num-test", type=int, default=300, help="digit scenes: held-out scenes")
+    a("--train-split", default="train", help="training split")
+    a("--val-split", default=None, help="validation split; default 'test' for scene_parse150")
+    a("--data-dir", default=None, help="tfds data directory")
+    a("--num-classes", type=int, default=None, help="classes; default 150 (ADE20K), 11 (digits)")
+    a(
+        "--reduce-zero-label",
+        default="auto",
+        choices=["auto", "yes", "no"],
+        help="label 0 -> ignored, c -> c - 1 (auto: yes for ADE20K)",
+    )
+    a("--head", default="semantic_fpn", choices=["semantic_fpn", "deeplabv3"], help="task head")
+    a("--backbone", default="sepvit_lite", choices=BACKBONES, help="backbone")
+    a("--init-from", default=None, help="SepViT classifier weights for the backbone")
+    a("--norm", default="group", choices=["group", "batch"], help="Semantic FPN head norm")
+    a("--fpn-channels", type=int, default=256, help="Semantic FPN: FPN channels")
+    a("--head-channels", type=int, default=128, help="Semantic FPN: head channels")
+    a("--crop-size", type=int, default=None, help="training crop / eval size; default 512")
+    a("--out", default="runs/segmentation", help="checkpoints, CSV and TensorBoard logs")
+    a("--resume", action="store_true", help="continue from --out (weights, optimizer, epoch)")
+    a(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --out that holds a run (deletes its checkpoints and logs)",
+    )
+    a("--iterations", type=int, default=80000, help="training iterations (the paper: 80k)")
+    a("--steps-per-epoch", type=int, default=None, help="iterations between checkpoints/evals")
+    a("--batch-size", type=int, default=16, help="global batch size")
+    a("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
+    a("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    a("--warmup-steps", type=int, default=0, help="linear warm-up iterations")
+    a("--clip-norm", type=float, default=0.0, help="global gradient norm clip (0 = off)")
+    a("--drop-path", type=float, default=None, help="stochastic depth; default by variant")
+    a("--dropout", type=float, default=0.1, help="dropout before the classifier")
+    a("--seed", type=int, default=0, help="random seed")
+    a("--val-steps", type=int, default=None, help="limit validation batches")
+    a("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
+    a("--verbose", type=int, default=2, choices=[0, 1, 2], help="Keras progress output")
+    args = p.parse_args(argv)
+    if args.resume and args.overwrite:
+        p.error("--resume continues the run in --out, --overwrite deletes it: pass one")
+    for flag in ("iterations", "batch_size"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1. Received: {getattr(args, flag)}")
+    if args.digit_scenes:
+        args.num_classes = args.num_classes or 11
+        args.crop_size = args.crop_size or 96
+        args.reduce_zero_label = (
+            "no" if args.reduce_zero_label == "auto" else args.reduce_zero_label
+        )
+    else:
+        known = DATASETS.get(args.dataset)
+        if args.num_classes is None:
+            if known is None:
+                p.error(f"--num-classes is needed for --dataset {args.dataset!r}")
+            args.num_classes = known[0]
+        if args.reduce_zero_label == "auto":
+            ade = known is not None or "ADEChallenge" in args.dataset
+            args.reduce_zero_label = "yes" if ade else "no"
+        if args.val_split is None:
+            args.val_split = known[2] if known else "validation"
+        args.crop_size = args.crop_size or 512
+    if args.crop_size < 32 or args.crop_size % 32:
+        p.error(f"--crop-size must be a multiple of 32. Received: {args.crop_size}")
+    if args.steps_per_epoch is None:
+        args.steps_per_epoch = min(args.iterations, 2000)
+    if args.iterations % args.steps_per_epoch:
+        p.error(
+            f"--iterations must be a multiple of --steps-per-epoch (one checkpoint per epoch). "
+            f"Received: --iterations {args.iterations}, --steps-per-epoch {args.steps_per_epoch}"
+        )
+    if args.warmup_steps >= args.iterations:
+        p.error(
+            f"--warmup-steps must be smaller than --iterations ({args.iterations}). "
+            f"Received: {args.warmup_steps}"
+        )
+    return args
+
+
+def build_model(args):
+    """The segmenter of --head on --backbone, uncompiled."""
+    from keras_sepvit.tasks.segmentation_demo import build_backbone
+
+    drop_path = DROP_PATH.get(args.backbone, 0.1) if args.drop_path is None else args.drop_path
+    backbone = build_backbone(args.backbone, args.crop_size, drop_path_rate=drop_path)
+    if args.init_from:
+        if not args.backbone.startswith("sepvit"):
+            raise SystemExit(f"error: --init-from needs a SepViT backbone, not {args.backbone}")
+        from keras_sepvit.dense import load_classifier_weights
+
+        load_classifier_weights(backbone, _classifier(args))
+    if args.head == "deeplabv3":
+        from keras_sepvit.tasks.deeplab import deeplabv3_segmenter
+
+        return deeplabv3_segmenter(backbone, args.num_classes, compile=False)
+    from keras_sepvit.tasks.semantic_fpn import SemanticFPNSegmenter
+
+    groups = 32 if args.head_channels % 32 == 0 else 1
+    return SemanticFPNSegmenter(
+        backbone,
+        args.num_classes,
+        fpn_channels=args.fpn_channels,
+        head_channels=args.head_channels,
+        norm=args.norm,
+        groups=groups,
+        dropout=args.dropout,
+        compile=False,
+    )
+
+
+def _classifier(args):
+    path = args.init_from
+    if path.endswith(".keras"):
+        import keras
+
+        return keras.saving.load_model(path)
+    if path.endswith(".weights.h5"):
+        import keras_sepvit
+
+        variant = args.backbone.split("_")[1]
+        model = keras_sepvit.model.VARIANTS[variant](input_shape=(224, 224, 3))
+        model.load_weights(path)
+        return model
+    return path  # the authors' state dict (.pth / .npz)
+
+
+def compile_model(model, args, total_steps):
+    import keras
+
+    from keras_sepvit import training
+    from keras_sepvit.tasks.segmentation_demo import PolyDecay
+    from keras_sepvit.tasks.semantic_fpn import mean_iou, segmentation_loss
+
+    optimizer = keras.optimizers.AdamW(
+        PolyDecay(args.lr, total_steps, warmup_steps=args.warmup_steps),
+        weight_decay=args.weight_decay,
+        global_clipnorm=args.clip_norm or None,
+    )
+    optimizer.exclude_from_weight_decay(var_list=training.no_weight_decay_variables(model))
+    model.compile(
+        optimizer=optimizer,
+        loss=segmentation_loss(255),
+        metrics=[mean_iou(args.num_classes, 255)],
+    )
+
+
+def load_data(args, initial_epoch, epochs):
+    from keras_sepvit.tasks import segmentation_data as sd
+
+    if args.digit_scenes:
+        train, val = sd.digit_scene_splits(args.num_train, args.num_test, args.crop_size, args.seed)
+        augment = dict(scale_range=None, flip=False)  # mirrored digits are other digits
+    else:
+        train = sd.load_split(args.dataset, args.train_split, args.data_dir)
+        val = sd.load_split(args.dataset, args.val_split, args.data_dir)
+        augment = dict(base_scale=(4 * args.crop_size, args.crop_size))
+    if train.num_examples < args.batch_size:
+        raise SystemExit(
+            f"error: --batch-size {args.batch_size} is larger than the training split "
+            f"({train.num_examples} examples), so an epoch would have no step. "
+            f"Use --batch-size {train.num_examples} or less."
+        )
+    reduce = args.reduce_zero_label == "yes"
+    train_ds = sd.train_dataset(
+        train,
+        args.batch_size,
+        args.steps_per_epoch,
+        epochs,
+        crop_size=args.crop_size,
+        initial_epoch=initial_epoch,
+        seed=args.seed,
+        reduce_zero_label=reduce,
+        **augment,
+    )
+    val_ds = sd.eval_dataset(val, args.batch_size, args.crop_size, reduce_zero_label=reduce)
+    if args.val_steps:
+        val_ds = val_ds.take(args.val_steps)
+    return train_ds, val_ds, train.num_examples, val.num_examples
+
+
+def fit(model, args, epochs):
+    """`model.fit` with keras_sepvit.training's atomic checkpoints and exact resume."""
+    from keras_sepvit import training
+
+    found = training.existing_run(args.out)
+    if found and not (args.resume or args.overwrite):
+        raise SystemExit(
+            f"error: {args.out} already holds a training run ({', '.join(found)}). Continue it "
+            "with --resume, or start over with --overwrite (deletes its checkpoints and "
+            "logs), or choose another --out."
+        )
+    if args.overwrite:
+        training.clear_run(args.out)
+    os.makedirs(args.out, exist_ok=True)
+    initial_epoch = training.restore(model, args.out) if args.resume else 0
+    if initial_epoch:
+        training.write_log(args.out, training.read_state(args.out)["history"])
+        print(f"Resuming at epoch {initial_epoch + 1} from {args.out}")
+    if initial_epoch >= epochs:
+        print(f"{args.out} already finished its {epochs} epochs.")
+        return None, initial_epoch
+    train_ds, val_ds, num_train, num_val = load_data(args, initial_epoch, epochs)
+    print(
+        f"Training {args.head} on {args.backbone}: {num_train} training / {num_val} validation "
+        f"images, {args.num_classes} classes, {args.iterations} iterations of batch "
+        f"{args.batch_size} ({epochs} epochs of {args.steps_per_epoch}), crop {args.crop_size}."
+    )
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=args.steps_per_epoch,
+        callbacks=training.training_callbacks(
+            args.out, monitor="val_mean_iou", tensorboard=not args.no_tensorboard
+        ),
+        verbose=args.verbose,
+    )
+    return history, initial_epoch
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from keras_sepvit.tf_logging import quiet_tensorflow
+
+    quiet_tensorflow()
+    import keras
+
+    from keras_sepvit import training
+
+    found = training.existing_run(args.out)
+    if found and not (args.resume or args.overwrite):
+        raise SystemExit(
+            f"error: {args.out} already holds a training run ({', '.join(found)}). Continue it "
+            "with --resume, or start over with --overwrite (deletes its checkpoints and "
+            "logs), or choose another --out."
+        )
+    if args.resume:
+        try:
+            training.read_state(args.out)  # a damaged checkpoint is refused before any work
+        except training.TrainingError as e:
+            raise SystemExit(f"error: {e}") from e
+    keras.utils.set_random_seed(args.seed)
+    epochs = args.iterations // args.steps_per_epoch
+    model = build_model(args)
+    compile_model(model, args, args.iterations)
+    try:
+        history, initial_epoch = fit(model, args, epochs)
+    except training.TrainingError as e:
+        raise SystemExit(f"error: {e}") from e
+    state = training.read_state(args.out)
+    if state is not None:
+        best = "none yet" if state["best"] is None else f"{state['best']:.4f}"
+        if state["best_epoch"] is not None:
+            best += f" (epoch {state['best_epoch'] + 1})"
+        print(
+            f"Done: epoch {state['epoch'] + 1}/{epochs}, val_mean_iou "
+            f"{state['logs'].get('val_mean_iou', float('nan')):.4f}, best {best}. "
+            f"Checkpoint: {os.path.join(args.out, training.CHECKPOINT)}; "
+            f"log: {os.path.join(args.out, training.LOG)}"
+        )
+    return history, initial_epoch
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

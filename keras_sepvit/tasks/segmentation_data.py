@@ -1,0 +1,257 @@
+"""Semantic segmentation input pipelines (tf.data; TensorFlow only).
+
+Sources (`load_split`):
+- a tfds dataset with an image and a label map, e.g. `scene_parse150`
+  (ADE20K's 150 classes: label 0 is "other", 1..150 the classes);
+- a folder in ADEChallengeData2016's layout (what mmsegmentation trains on):
+  `root/images/<split>/NAME.jpg` and `root/annotations/<split>/NAME.png`
+  (single-channel class ids);
+- the offline digit scenes (`digit_scene_splits`).
+
+Training batches follow mmsegmentation's ADE20K pipeline: random rescale of
+the image so that it fits (2048, 512) times a ratio in [0.5, 2], random crop
+(images padded with 0 and labels with the ignore label where the image is
+smaller), random horizontal flip. The photometric distortion of mmseg is
+left out. Every random choice is a stateless function of (seed, epoch,
+position), so a resumed run sees exactly the batches an uninterrupted one
+would (`train_dataset`).
+
+Evaluation resizes each image to fit the crop size (keeping its aspect) and
+pads it to a square (labels padded with the ignore label, which the metric
+skips), so batches have one static shape; mmseg instead runs whole images at
+short side 512 and scores at the original resolution.
+"""
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+IGNORE_CLASS = 255
+
+
+@dataclass
+class Split:
+    """A tf.data dataset of `(image uint8 (H, W, 3), label uint8 (H, W))` and its size."""
+
+    dataset: object
+    num_examples: int
+
+
+def _folder_split(root, split):
+    import tensorflow as tf
+
+    image_dir = os.path.join(root, "images", split)
+    label_dir = os.path.join(root, "annotations", split)
+    for folder in (image_dir, label_dir):
+        if not os.path.isdir(folder):
+            raise ValueError(
+                "An image/label folder must be laid out as root/images/<split>/NAME.jpg and "
+                f"root/annotations/<split>/NAME.png. Received: no folder {folder!r}"
+            )
+    names = sorted(os.path.splitext(n)[0] for n in os.listdir(image_dir))
+    labels = {os.path.splitext(n)[0]: n for n in os.listdir(label_dir)}
+    missing = [n for n in names if n not in labels]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} images of {image_dir!r} have no label map in {label_dir!r} "
+            f"(e.g. {missing[:3]})"
+        )
+    if not names:
+        raise ValueError(f"No images in {image_dir!r}. Received: an empty folder")
+    images = {os.path.splitext(n)[0]: n for n in os.listdir(image_dir)}
+    image_paths = [os.path.join(image_dir, images[n]) for n in names]
+    label_paths = [os.path.join(label_dir, labels[n]) for n in names]
+
+    def decode(image_path, label_path):
+        image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
+        label = tf.io.decode_png(tf.io.read_file(label_path), channels=1)[..., 0]
+        return image, label
+
+    dataset = tf.data.Dataset.from_tensor_slices((image_paths, label_paths)).map(decode)
+    return Split(dataset, len(names))
+
+
+def _tfds_split(name, split, data_dir):
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.download_and_prepare()
+    info = builder.info
+    keys = [k for k in info.features.keys() if k != "image"]
+    if "image" not in info.features or not keys:
+        raise ValueError(
+            f"tfds dataset {name!r} needs an 'image' and a label-map feature. "
+            f"Received: features {list(info.features.keys())}"
+        )
+    label_key = (
+        "annotation"
+        if "annotation" in keys
+        else ("segmentation_mask" if "segmentation_mask" in keys else keys[0])
+    )
+
+    def pick(example):
+        label = example[label_key]
+        if len(label.shape) == 3:  # a PNG decoded with channels: the class is channel 0
+            label = label[..., 0]
+        return example["image"], label
+
+    dataset = builder.as_dataset(split=split, shuffle_files=False).map(pick)
+    return Split(dataset, info.splits[split].num_examples)
+
+
+def load_split(dataset, split, data_dir=None):
+    """A `Split` from a tfds name or an ADEChallengeData2016-style folder."""
+    if os.path.isdir(dataset):
+        return _folder_split(dataset, split)
+    return _tfds_split(dataset, split, data_dir)
+
+
+def digit_scene_splits(num_train=2000, num_test=300, image_size=96, seed=0):
+    """Training and held-out digit scenes (disjoint scans) as `Split`s."""
+    import tensorflow as tf
+
+    from keras_sepvit import digit_scenes
+
+    splits = []
+    for split, count, offset in (("train", num_train, 0), ("test", num_test, 1)):
+        scenes = digit_scenes.make_digit_scenes(
+            count, image_size=(image_size, image_size), split=split, seed=seed + offset
+        )
+        data = tf.data.Dataset.from_tensor_slices((scenes["images"], scenes["masks"]))
+        splits.append(Split(data, count))
+    return tuple(splits)
+
+
+def _labels(label, reduce_zero_label):
+    import tensorflow as tf
+
+    label = tf.cast(label, tf.int32)
+    if reduce_zero_label:  # ADE20K: 0 ("other") ignored, classes 1..150 -> 0..149
+        label = tf.where(label == 0, IGNORE_CLASS, label - 1)
+    return label
+
+
+def _normalize(image):
+    from keras_sepvit.model import normalize_images
+
+    return normalize_images(image)
+
+
+def _augment(image, label, seed, crop_size, scale_range, base_scale, flip):
+    """Random rescale, crop (with padding) and flip, all stateless under `seed`."""
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    if scale_range is not None:
+        ratio = tf.random.stateless_uniform((), seeds[0], scale_range[0], scale_range[1])
+        fit = tf.minimum(base_scale[0] / tf.reduce_max(shape), base_scale[1] / tf.reduce_min(shape))
+        size = tf.cast(tf.round(shape * fit * ratio), tf.int32)
+        image = tf.image.resize(image, size, "bilinear")
+        label = tf.image.resize(label[..., None], size, "nearest")[..., 0]
+    image = tf.cast(image, tf.float32)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    pad_h, pad_w = tf.maximum(crop_size - height, 0), tf.maximum(crop_size - width, 0)
+    image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
+    label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=IGNORE_CLASS)
+    top = tf.random.stateless_uniform(
+        (), seeds[1], 0, tf.shape(image)[0] - crop_size + 1, dtype=tf.int32
+    )
+    left = tf.random.stateless_uniform(
+        (), seeds[2], 0, tf.shape(image)[1] - crop_size + 1, dtype=tf.int32
+    )
+    image = image[top : top + crop_size, left : left + crop_size]
+    label = label[top : top + crop_size, left : left + crop_size]
+    if flip:
+        flipped = tf.random.stateless_uniform((), seeds[3]) < 0.5
+        image = tf.cond(flipped, lambda: image[:, ::-1], lambda: image)
+        label = tf.cond(flipped, lambda: label[:, ::-1], lambda: label)
+    return tf.ensure_shape(image, (crop_size, crop_size, 3)), tf.ensure_shape(
+        label, (crop_size, crop_size)
+    )
+
+
+def train_dataset(
+    split,
+    batch_size,
+    steps_per_epoch,
+    epochs,
+    crop_size=512,
+    initial_epoch=0,
+    seed=0,
+    scale_range=(0.5, 2.0),
+    base_scale=(2048, 512),
+    flip=True,
+    reduce_zero_label=False,
+    shuffle_buffer=256,
+):
+    """Batches `(normalised images (B, crop, crop, 3), labels (B, crop, crop) int32)`
+    for epochs `initial_epoch..epochs - 1`, `steps_per_epoch` batches each.
+
+    Epoch e is a function of (seed, e) only: its shuffle and every
+    augmentation are seeded with them, so resuming at epoch e gives the
+    batches of an uninterrupted run. `scale_range=None` turns the rescale
+    off (digit scenes), `flip=False` the flip.
+    """
+    import tensorflow as tf
+
+    if initial_epoch >= epochs:
+        raise ValueError(f"Nothing to train: initial_epoch={initial_epoch} >= epochs={epochs}")
+
+    def one_epoch(epoch):
+        epoch_seed = tf.cast(seed, tf.int64) * 100003 + epoch
+        data = split.dataset.shuffle(shuffle_buffer, seed=epoch_seed).repeat().enumerate()
+
+        def prepare(index, example):
+            image, label = example
+            example_seed = tf.stack([epoch_seed, index])
+            image, label = _augment(
+                image,
+                _labels(label, reduce_zero_label),
+                example_seed,
+                crop_size,
+                scale_range,
+                base_scale,
+                flip,
+            )
+            return _normalize(image), label
+
+        return (
+            data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(batch_size, drop_remainder=True)
+            .take(steps_per_epoch)
+        )
+
+    return (
+        tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def eval_dataset(split, batch_size, size=512, reduce_zero_label=False, limit=None):
+    """Batches `(normalised images (B, size, size, 3), labels (B, size, size))`:
+    each image resized to fit `size` and padded (labels with `IGNORE_CLASS`)."""
+    import tensorflow as tf
+
+    def prepare(image, label):
+        label = _labels(label, reduce_zero_label)
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        fit = tf.cast(tf.round(shape * size / tf.reduce_max(shape)), tf.int32)
+        image = tf.image.resize(image, fit, "bilinear")
+        label = tf.image.resize(label[..., None], fit, "nearest")[..., 0]
+        pad_h, pad_w = size - fit[0], size - fit[1]
+        image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
+        label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=IGNORE_CLASS)
+        image = tf.ensure_shape(image, (size, size, 3))
+        return _normalize(image), tf.ensure_shape(label, (size, size))
+
+    data = split.dataset if limit is None else split.dataset.take(limit)
+    return data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+
+
+def array_split(images, labels):
+    """A `Split` from arrays (N, H, W, 3) uint8 and (N, H, W) integer labels."""
+    import tensorflow as tf
+
+    images, labels = np.asarray(images), np.asarray(labels)
+    return Split(tf.data.Dataset.from_tensor_slices((images, labels)), len(images))
