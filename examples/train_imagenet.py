@@ -252,51 +252,55 @@ def main(argv=None):
         scope = training.distribution_scope(args.tpu)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
-    keras.utils.set_random_seed(args.seed)
-    if args.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(args.mixed_precision)
-    recipe = training.RECIPES[args.variant]
-    train = load_data(args, args.train_split)
-    val = load_data(args, args.val_split, train.class_names)
-    steps = training_steps(args, train)
-    warmup = warmup_epochs(args, recipe["warmup_epochs"])
-    randaugment = None
-    if args.randaugment.lower() != "none":
-        randaugment = tuple(int(v) for v in args.randaugment.split(","))
-    common = dict(image_size=args.image_size, seed=args.seed)
-    repeat = args.steps_per_epoch is not None
-    if args.no_augment:  # the evaluation transform, fixed order, full batches only
-        train_ds = data.make_dataset(train, False, args.batch_size, drop_remainder=True, **common)
-        train_ds = train_ds.repeat() if repeat else train_ds
-    else:
-        train_ds = data.make_dataset(
-            train,
-            True,
-            args.batch_size,
-            randaugment=randaugment,
-            random_erasing=args.random_erasing,
-            mixup_alpha=args.mixup,
-            cutmix_alpha=args.cutmix,
-            repeat=repeat,
-            **common,
-        )
-    val_ds = data.make_dataset(val, False, args.batch_size, **common)
+    with scope:  # the data pipeline and the model are built in it
+        keras.utils.set_random_seed(args.seed)
+        if args.mixed_precision != "none":
+            keras.mixed_precision.set_global_policy(args.mixed_precision)
+        recipe = training.RECIPES[args.variant]
+        train = load_data(args, args.train_split)
+        val = load_data(args, args.val_split, train.class_names)
+        steps = training_steps(args, train)
+        warmup = warmup_epochs(args, recipe["warmup_epochs"])
+        randaugment = None
+        if args.randaugment.lower() != "none":
+            randaugment = tuple(int(v) for v in args.randaugment.split(","))
+        common = dict(image_size=args.image_size, seed=args.seed)
+        repeat = args.steps_per_epoch is not None
+        if args.no_augment:  # the evaluation transform, fixed order, full batches only
+            train_ds = data.make_dataset(
+                train, False, args.batch_size, drop_remainder=True, **common
+            )
+            train_ds = train_ds.repeat() if repeat else train_ds
+        else:
+            train_ds = data.make_dataset(
+                train,
+                True,
+                args.batch_size,
+                randaugment=randaugment,
+                random_erasing=args.random_erasing,
+                mixup_alpha=args.mixup,
+                cutmix_alpha=args.cutmix,
+                repeat=repeat,
+                **common,
+            )
+        val_ds = data.make_dataset(val, False, args.batch_size, **common)
 
-    replicas = training.replicas()
-    if args.batch_size % replicas:
-        raise SystemExit(
-            f"error: the global batch must split evenly over the {replicas} replicas. "
-            f"Received: --batch-size {args.batch_size}"
-        )
-    if backend == "tensorflow":
-        # Workers of a TF cluster: tfds reads disjoint TFRecord files when there are
-        # enough, else (and for folders / arrays) each keeps its part of every batch.
-        policy = "auto" if args.dataset != "digits" and not os.path.isdir(args.dataset) else "data"
-        train_ds = training.shard_by(train_ds, policy)
-        val_ds = training.shard_by(val_ds, policy)
-    jit = {"on": True, "off": False}.get(args.jit_compile, training.default_jit_compile())
-    chief = training.is_chief()
-    with scope:
+        replicas = training.replicas()
+        if args.batch_size % replicas:
+            raise SystemExit(
+                f"error: the global batch must split evenly over the {replicas} replicas. "
+                f"Received: --batch-size {args.batch_size}"
+            )
+        if backend == "tensorflow":
+            # Workers of a TF cluster: tfds reads disjoint TFRecord files when there are
+            # enough, else (and for folders / arrays) each keeps its part of every batch.
+            policy = (
+                "auto" if args.dataset != "digits" and not os.path.isdir(args.dataset) else "data"
+            )
+            train_ds = training.shard_by(train_ds, policy)
+            val_ds = training.shard_by(val_ds, policy)
+        jit = {"on": True, "off": False}.get(args.jit_compile, training.default_jit_compile())
+        chief = training.is_chief()
         model = VARIANTS[args.variant](
             input_shape=(args.image_size, args.image_size, 3),
             classes=train.num_classes,
