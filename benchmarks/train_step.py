@@ -1,81 +1,166 @@
-"""Training-step throughput of SepViT-Lite against keras.applications peers, same run.
+"""Training-step throughput of SepViT-T per Keras backend against ConvNeXt-T and Swin-T, one run.
 
-    python benchmarks/train_step.py [--batch-size 32] [--steps 10] [--size 224] [--quick]
+    python benchmarks/train_step.py [--batch-size 16] [--steps 3] [--size 224]
+        [--backends tensorflow,jax,torch] [--quick]
 
-Each model gets the same AdamW step (label-smoothed cross-entropy) on random
-[0, 255] images, TF backend, XLA on and off; prints images/s and the ratio
-SepViT / peer as a Markdown table and writes it to benchmarks/results/.
+Each backend runs in its own child process (Keras fixes the backend per
+process, and PyTorch work stays out of a process that imported TensorFlow:
+TensorFlow then triton is a segmentation fault). In a backend's process
+SepViT-T and `keras.applications.ConvNeXtTiny` take the same AdamW step
+(label-smoothed cross-entropy, `train_on_batch`) on random [0, 255] images,
+with the jit settings worth comparing (TensorFlow: XLA off and on; JAX: jit
+on, since off is op-by-op eager; PyTorch: eager); Swin-T from `transformers`
+takes the same step in PyTorch in another child. Prints images/s and the
+ratios SepViT-T / peer (above 1: SepViT-T is faster) as a Markdown table and
+writes it to benchmarks/results/train_step.md.
 """
 
 import argparse
+import json
 import os
 import platform
+import subprocess
+import sys
 
 import numpy as np
 
-PEERS = {
-    "MobileNetV2": lambda shape: __import__("keras").applications.MobileNetV2(
-        weights=None, input_shape=shape
-    ),
-    "EfficientNetB0": lambda shape: __import__("keras").applications.EfficientNetB0(
-        weights=None, input_shape=shape
-    ),
-}
+JIT = {"tensorflow": (False, True), "jax": (True,), "torch": (False,)}
+MARK = "RESULT "
 
 
-def images_per_second(model, batch_size, steps, size, jit_compile):
+def _rate(step, batch_size, steps):
+    import time
+
+    for _ in range(2):  # trace / compile, then one warm step
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return batch_size / float(np.median(times))
+
+
+def keras_child(backend, jit, batch_size, steps, size):
+    """images/s of SepViT-T and ConvNeXtTiny in this process (its KERAS_BACKEND)."""
     import keras
 
-    model.compile(
-        keras.optimizers.AdamW(1e-3),
-        keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
-        jit_compile=jit_compile,
-    )
+    import keras_sepvit
+
+    assert keras.backend.backend() == backend, keras.backend.backend()
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch_size, size, size, 3)).astype("float32")
-    y = np.eye(model.output_shape[-1], dtype="float32")[rng.integers(0, 1000, batch_size)]
-    from keras_sepvit.export import median_latency_ms
+    y = np.eye(1000, dtype="float32")[rng.integers(0, 1000, batch_size)]
+    models = {
+        "SepViT-T": lambda: keras_sepvit.SepViTTiny(input_shape=(size, size, 3)),
+        "ConvNeXtTiny": lambda: keras.applications.ConvNeXtTiny(
+            weights=None, input_shape=(size, size, 3)
+        ),
+    }
+    rates = {}
+    for name, build in models.items():
+        model = build()
+        model.compile(
+            keras.optimizers.AdamW(1e-3),
+            keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+            jit_compile=jit,
+        )
+        rates[name] = _rate(lambda m=model: m.train_on_batch(x, y), batch_size, steps)
+    return rates
 
-    # 2 warm-up steps trace/compile.
-    ms = median_latency_ms(lambda _: model.train_on_batch(x, y), None, steps, warmup=2)
-    return batch_size / (ms / 1000.0)
+
+def swin_child(batch_size, steps, size):
+    """images/s of Swin-T (transformers, random weights) in PyTorch, eager, float32."""
+    import torch
+    import transformers as hf
+
+    config = hf.SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                           window_size=7, image_size=size, num_labels=1000)  # fmt: skip
+    model = hf.SwinForImageClassification(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    x = torch.rand(batch_size, 3, size, size) * 255
+    y = torch.randint(0, 1000, (batch_size,))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(pixel_values=x).logits, y).backward()
+        optimizer.step()
+
+    return {"Swin-T": _rate(step, batch_size, steps)}
+
+
+def _child(args, *extra, backend="tensorflow"):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    cmd = [sys.executable, os.path.abspath(__file__), "--batch-size", str(args.batch_size),
+           "--steps", str(args.steps), "--size", str(args.size), *extra]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)][-1]
+    return json.loads(line[len(MARK) :])
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=10, help="timed steps (median)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=3, help="timed steps (median)")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--quick", action="store_true", help="tiny settings (CI smoke test)")
+    p.add_argument("--backends", default="tensorflow,jax,torch")
+    p.add_argument("--quick", action="store_true", help="tiny settings, TF only (CI smoke test)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--child", choices=["keras", "swin"], help=argparse.SUPPRESS)
+    p.add_argument("--jit", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child == "keras":
+        backend = os.environ["KERAS_BACKEND"]
+        rates = keras_child(backend, bool(args.jit), args.batch_size, args.steps, args.size)
+        print(MARK + json.dumps(rates), flush=True)
+        return rates
+    if args.child == "swin":
+        rates = swin_child(args.batch_size, args.steps, args.size)
+        print(MARK + json.dumps(rates), flush=True)
+        return rates
+    backends = args.backends.split(",")
+    unknown = sorted(set(backends) - set(JIT))
+    if unknown:
+        raise SystemExit(f"error: backends are {sorted(JIT)}. Received: --backends {unknown}")
     if args.quick:
-        args.batch_size, args.steps, args.size = 2, 1, 64
-    import keras
-    import tensorflow as tf
-
-    import keras_sepvit
-
-    shape = (args.size, args.size, 3)
+        args.batch_size, args.steps, args.size = 1, 1, 224  # Swin-T needs a multiple of 224
+        backends = ["tensorflow"]
+    swin = _child(args, "--child", "swin", backend="torch")["Swin-T"]
     rows = []
-    for jit in (False,) if args.quick else (False, True):
-        sepvit = images_per_second(
-            keras_sepvit.SepViTLite(input_shape=shape), args.batch_size, args.steps, args.size, jit
-        )
-        rows.append(("SepViT-Lite", jit, sepvit, None))
-        for name, make in PEERS.items():
-            peer = images_per_second(make(shape), args.batch_size, args.steps, args.size, jit)
-            rows.append((name, jit, peer, sepvit / peer))
+    for backend in backends:
+        for jit in (False,) if args.quick else JIT[backend]:
+            rates = _child(args, "--child", "keras", "--jit", str(int(jit)), backend=backend)
+            rows.append({"backend": backend, "jit": jit, **rates, "Swin-T": swin})
+    versions = {}
+    for name in ("keras", "tensorflow", "jax", "torch", "transformers"):
+        try:
+            versions[name] = __import__("importlib.metadata").metadata.version(name)
+        except Exception:
+            versions[name] = "?"
     header = (
-        f"Train step, batch {args.batch_size}, {args.size}x{args.size}, median of "
-        f"{args.steps}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"keras {keras.__version__}, tensorflow {tf.__version__}"
+        f"Train step (AdamW, label smoothing 0.1), batch {args.batch_size}, "
+        f"{args.size}x{args.size}, float32, median of {args.steps}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + f"; Swin-T (PyTorch eager): {swin:.2f} images/s"
     )
-    lines = [header, "", "| model | XLA | images/s | SepViT-Lite / model |", "|---|---|---|---|"]
-    for name, jit, ips, ratio in rows:
+    lines = [
+        header,
+        "",
+        "| backend | jit | SepViT-T images/s | ConvNeXtTiny images/s | SepViT-T / ConvNeXtTiny "
+        "| SepViT-T / Swin-T (PyTorch) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
         lines.append(
-            f"| {name} | {'on' if jit else 'off'} | {ips:.1f} | "
-            f"{'' if ratio is None else f'{ratio:.2f}x'} |"
+            f"| {r['backend']} | {'on' if r['jit'] else 'off'} | {r['SepViT-T']:.2f} | "
+            f"{r['ConvNeXtTiny']:.2f} | {r['SepViT-T'] / r['ConvNeXtTiny']:.2f}x | "
+            f"{r['SepViT-T'] / swin:.2f}x |"
         )
     table = "\n".join(lines)
     print(table)

@@ -3,10 +3,10 @@
 
 def test_train_step_quick(load_script, capsys):
     rows = load_script("benchmarks", "train_step").main(["--quick"])
-    names = [r[0] for r in rows]
-    assert names == ["SepViT-Lite", "MobileNetV2", "EfficientNetB0"]
-    assert all(r[2] > 0 for r in rows)
-    assert "SepViT-Lite / model" in capsys.readouterr().out
+    assert [(r["backend"], r["jit"]) for r in rows] == [("tensorflow", False)]
+    assert all(r[m] > 0 for r in rows for m in ("SepViT-T", "ConvNeXtTiny", "Swin-T"))
+    out = capsys.readouterr().out
+    assert "SepViT-T / ConvNeXtTiny" in out and "SepViT-T / Swin-T (PyTorch)" in out
 
 
 def test_edge_latency_quick(load_script, capsys):
