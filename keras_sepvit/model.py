@@ -782,8 +782,9 @@ def normalize_images(x, data_format=None):
     channels = x.shape[-3] if channels_first else x.shape[-1]
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (OTHER_MEAN, OTHER_STD)
     shape = (-1, 1, 1) if channels_first else (-1,)
-    mean = np.reshape(np.asarray(mean, "float32") * 255.0, shape)
-    std = np.reshape(np.asarray(std, "float32") * 255.0, shape)
+    # Backend tensors, not NumPy arrays: `torch_tensor - ndarray` fails.
+    mean = keras.ops.convert_to_tensor(np.reshape(np.asarray(mean, "float32") * 255.0, shape))
+    std = keras.ops.convert_to_tensor(np.reshape(np.asarray(std, "float32") * 255.0, shape))
     return (x - mean) / std
 
 

@@ -286,37 +286,50 @@ def test_import_keras_sepvit_does_not_import_keras_hub():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+# Each child process stays within a few minutes: on JAX keras-hub's harness
+# runs every dtype policy eagerly (op by op), so it gets a process per mode.
+# (`test_channels_first_harness` is for TensorFlow CPU, where the harness
+# skips channels_first; on JAX and PyTorch the harness itself runs it.)
+CHILD_RUNS = [
+    ("jax", "test_dense_backbone or session_backend"),
+    ("jax", "test_classifier_stages_backbone or session_backend"),
+    ("jax", "not Harness or test_model_saving"),
+    ("torch", "not test_channels_first_harness"),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_harness_other_backends(backend, reference_dir):
-    """This file's fast tests (keras-hub's harness with channels_first,
-    presets, parity) in a child process on JAX / PyTorch."""
+@pytest.mark.parametrize("backend, selection", CHILD_RUNS)
+def test_other_backends(backend, selection, reference_dir):
+    """This file's fast tests (keras-hub's harness, channels_first, dtype
+    policies, presets, parity) in a child process on JAX / PyTorch."""
     env = {
         **os.environ,
         "KERAS_BACKEND": backend,
         "KERAS_SEPVIT_REFERENCE": reference_dir,
         "KERAS_SEPVIT_REQUIRE_REFERENCE": "1",
     }
+    selection = f"({selection}) and " if selection else ""
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "pytest",
             "-q",
+            "-s",
             "-p",
             "no:cacheprovider",
             "-m",
             "not slow",
             "-k",
-            "not import_keras_sepvit",
-            "-s",
+            f"{selection}not import_keras_sepvit",
             os.path.join(ROOT, "tests", "test_hub_backbone.py"),
         ],
         env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     tail = result.stdout[-4000:] + result.stderr[-2000:]
     assert result.returncode == 0, tail
