@@ -1,6 +1,7 @@
 """GPU throughput, the paper's Fig. 1 setting: SepViT under Keras (JAX) vs Swin / PVTv2 in PyTorch.
 
     python benchmarks/gpu_throughput.py [--batch-size 192] [--runs 20] [--quick]
+    python benchmarks/gpu_throughput.py --mode train [--batch-size 64] [--quick]
 
 Runs on a machine with JAX, PyTorch and transformers and no TensorFlow (the
 lent GPU machine): SepViT-T/S/B with the JAX backend and `mixed_float16`,
@@ -12,6 +13,14 @@ after warm-up, each on the same GPU in the same run. Prints a Markdown table
 with SepViT / peer ratios (throughput: above 1 means SepViT is faster) and
 writes it and a PNG plot to benchmarks/results/. Never part of CI (which has
 no GPU); `--quick` runs tiny settings on the CPU to keep the script working.
+
+`--mode train` times a training step instead, on synthetic data (no
+TensorFlow, so no tf.data): SepViT with the recipe's optimizer
+(`keras_sepvit.training.make_optimizer`: AdamW, decay exclusions, warm-up
+cosine, clipping at norm 5), label smoothing 0.1, `train_on_batch` compiled
+by XLA, over every local device with `keras.distribution.DataParallel`;
+the peers with `torch.optim.AdamW`, the same loss and clipping, under
+autocast, channels-last, eager.
 """
 
 import argparse
@@ -72,6 +81,57 @@ def sepvit_rate(name, batch_size, size, runs, mixed):
     return rate
 
 
+def sepvit_train_rate(name, batch_size, size, runs, mixed):
+    import keras
+
+    import keras_sepvit
+    from keras_sepvit import distribution, training
+
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    distribution.distribution_scope()  # DataParallel over every local device
+    build = {"SepViT-T": keras_sepvit.SepViTTiny, "SepViT-S": keras_sepvit.SepViTSmall,
+             "SepViT-B": keras_sepvit.SepViTBase}[name]  # fmt: skip
+    model = build(input_shape=(size, size, 3), drop_path_rate=0.1)
+    model.compile(
+        training.make_optimizer(model, 1e-3, total_steps=1000, warmup_steps=10),
+        keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        jit_compile=True,
+    )
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch_size, size, size, 3)).astype("float32")
+    y = np.eye(1000, dtype="float32")[rng.integers(0, 1000, batch_size)]
+    rate = _median_rate(lambda: float(model.train_on_batch(x, y)), batch_size, runs)
+    keras.mixed_precision.set_global_policy("float32")
+    keras.distribution.set_distribution(None)
+    return rate
+
+
+def torch_train_rate(name, batch_size, size, runs, mixed):
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _torch_peer(name).train().to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    scaler = torch.amp.GradScaler(device, enabled=mixed and device == "cuda")
+    x = torch.rand(batch_size, 3, size, size, device=device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch_size,), device=device)
+    dtype = torch.float16 if device == "cuda" else torch.bfloat16
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=dtype, enabled=mixed):
+            loss = loss_fn(model(pixel_values=x).logits.float(), y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        scaler.step(optimizer)
+        scaler.update()
+        loss.item()
+
+    return _median_rate(step, batch_size, runs)
+
+
 def torch_rate(name, batch_size, size, runs, mixed):
     import torch
 
@@ -89,13 +149,19 @@ def torch_rate(name, batch_size, size, runs, mixed):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch-size", type=int, default=192)
+    p.add_argument("--mode", default="inference", choices=["inference", "train"])
+    p.add_argument("--batch-size", type=int, default=None, help="default 192, train 64")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--runs", type=int, default=20, help="timed batches (median)")
     p.add_argument("--no-mixed", action="store_true", help="float32 instead of float16")
     p.add_argument("--quick", action="store_true", help="tiny settings on the CPU (test suite)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = 64 if args.mode == "train" else 192
+    train = args.mode == "train"
+    keras_rate = sepvit_train_rate if train else sepvit_rate
+    peer_rate = torch_train_rate if train else torch_rate
     pairs = PAIRS
     if args.quick:
         args.batch_size, args.size, args.runs = 1, 224, 1  # Swin needs a multiple of 224
@@ -107,15 +173,16 @@ def main(argv=None):
 
     results = {}
     for sepvit, peers in pairs.items():
-        results[sepvit] = sepvit_rate(sepvit, args.batch_size, args.size, args.runs, mixed)
+        results[sepvit] = keras_rate(sepvit, args.batch_size, args.size, args.runs, mixed)
         print(f"  {sepvit}: {results[sepvit]:.1f} img/s; TensorFlow imported: "
               f"{'tensorflow' in sys.modules}", flush=True)  # fmt: skip
         for peer in peers:
-            results[peer] = torch_rate(peer, args.batch_size, args.size, args.runs, mixed)
+            results[peer] = peer_rate(peer, args.batch_size, args.size, args.runs, mixed)
             print(f"  {peer}: {results[peer]:.1f} img/s", flush=True)
-    device = str(jax.devices()[0].device_kind)
+    device = f"{len(jax.devices())} x {jax.devices()[0].device_kind}"
     header = (
-        f"Inference throughput, batch {args.batch_size}, {args.size}x{args.size}, "
+        f"{'Training' if train else 'Inference'} throughput, batch {args.batch_size}, "
+        f"{args.size}x{args.size}, "
         f"{'float16 mixed precision' if mixed else 'float32'}, median of {args.runs}; {device}; "
         f"SepViT: keras {keras.__version__} + jax {jax.__version__}; peers: torch "
         f"{torch.__version__} (transformers); {platform.machine()}"
@@ -129,27 +196,28 @@ def main(argv=None):
     table = "\n".join(lines)
     print(table)
     if not args.quick:
-        _save(args.out, table, results)
+        _save(args.out, table, results, args.mode)
     return results
 
 
-def _save(folder, table, results):
+def _save(folder, table, results, mode="inference"):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "gpu_throughput.md"), "w") as f:
+    stem = "gpu_throughput" if mode == "inference" else "gpu_train_throughput"
+    with open(os.path.join(folder, f"{stem}.md"), "w") as f:
         f.write(table + "\n")
     names = list(results)
     fig, ax = plt.subplots(figsize=(8, 4))
     colors = ["C0" if n.startswith("SepViT") else "C1" for n in names]
     ax.bar(names, [results[n] for n in names], color=colors)
     ax.set_ylabel("images / s (higher is better)")
-    ax.set_title("GPU inference throughput")
+    ax.set_title(f"GPU {mode} throughput")
     fig.tight_layout()
-    fig.savefig(os.path.join(folder, "gpu_throughput.png"), dpi=100)
+    fig.savefig(os.path.join(folder, f"{stem}.png"), dpi=100)
     plt.close(fig)
 
 

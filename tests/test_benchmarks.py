@@ -1,5 +1,7 @@
 """Quick modes of the benchmark scripts, to keep them working (the full runs are not tests)."""
 
+import pytest
+
 
 def test_train_step_quick(load_script, capsys):
     rows = load_script("benchmarks", "train_step").main(["--quick"])
@@ -57,9 +59,10 @@ def test_resolution_scaling_quick(load_script, capsys):
     assert "SepViT-T / global" in capsys.readouterr().out
 
 
-def test_gpu_throughput_script_runs_on_jax_and_torch_without_tensorflow():
+@pytest.mark.parametrize("mode", ["inference", "train"])
+def test_gpu_throughput_script_runs_on_jax_and_torch_without_tensorflow(mode):
     """The GPU script's quick mode on the CPU: SepViT on the JAX backend never
-    imports TensorFlow (the GPU machine has none)."""
+    imports TensorFlow (the GPU machine has none), inference and training."""
     import os
     import subprocess
     import sys
@@ -67,9 +70,11 @@ def test_gpu_throughput_script_runs_on_jax_and_torch_without_tensorflow():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=root)
     proc = subprocess.run(
-        [sys.executable, os.path.join(root, "benchmarks", "gpu_throughput.py"), "--quick"],
+        [sys.executable, os.path.join(root, "benchmarks", "gpu_throughput.py"), "--quick",
+         "--mode", mode],
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "SepViT-T: " in proc.stdout and "TensorFlow imported: False" in proc.stdout
     assert "| Swin-T |" in proc.stdout and "SepViT / model" in proc.stdout
+    assert ("Training" if mode == "train" else "Inference") + " throughput" in proc.stdout
