@@ -115,7 +115,11 @@ def parse_args(argv=None):
         "on any number of workers or devices, and after --resume (for checks)",
     )
     a("--tpu", default=None, help="TPU name or address ('local' for a TPU VM); TensorFlow")
-    a("--coordinator", default=None, help="JAX multi-host: host:port of process 0")
+    a(
+        "--coordinator",
+        default=None,
+        help="JAX multi-host: host:port of process 0 (or KERAS_DISTRIBUTION_JOB_ADDRESSES)",
+    )
     a("--num-processes", type=int, default=None, help="JAX multi-host: number of processes")
     a("--process-id", type=int, default=None, help="JAX multi-host: this process (0-based)")
     a("--seed", type=int, default=0, help="random seed")
@@ -243,7 +247,7 @@ def main(argv=None):
             training.read_state(args.out)  # a damaged checkpoint is refused before any work
         except training.TrainingError as e:
             raise SystemExit(f"error: {e}") from e
-    if args.coordinator or args.num_processes:
+    if args.coordinator or args.num_processes or os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
         try:
             training.initialize_multi_host(args.coordinator, args.num_processes, args.process_id)
         except ValueError as e:
