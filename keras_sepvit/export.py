@@ -20,6 +20,17 @@ quantization modes, and which to pick:
 | "int16x8" | weights int8, activations int16 | accuracy-critical integer NPUs | float32 |
 
 See `keras_sepvit.tflite_quantization` for the "int8" recipe and why.
+
+Dense-prediction models export the same way (`tests/test_dense_export.py`):
+a segmenter (`keras_sepvit.tasks.semantic_fpn.SemanticFPNSegmenter`,
+keras-hub's `DeepLabV3ImageSegmenter`) gives per-pixel logits (B, H, W,
+classes), checked by per-pixel argmax agreement and relative error; a
+detector (keras-hub's `RetinaNetObjectDetector`) gives its raw head outputs
+`{"bbox_regression": (B, anchors, 4), "cls_logits": (B, anchors, classes)}`
+(named outputs in both files; `TFLiteRunner` and `ONNXRunner` return them as
+a dict), checked by relative error. Anchor decoding and NMS are not in the
+files (keras-hub's decoder is a Python loop over dynamic shapes): run
+`keras_sepvit.tasks.retinanet.decode_detections` on the outputs.
 """
 
 import contextlib
@@ -75,6 +86,56 @@ def _sample_inputs(model, sample_inputs):
     shape = _static_input_shape(model)
     rng = np.random.default_rng(0)
     return rng.uniform(0, 255, (2,) + shape).astype("float32")
+
+
+def _output_keys(model):
+    """The keys of a model's dict output (a detector's raw head outputs), else None."""
+    import keras
+
+    output = model.output if isinstance(model, keras.Model) else None
+    return sorted(output) if isinstance(output, dict) else None
+
+
+def _is_segmenter(model):
+    """A keras-hub `ImageSegmenter` (per-pixel logits, checked per pixel)."""
+    return any(cls.__name__ == "ImageSegmenter" for cls in type(model).__mro__)
+
+
+def _is_keras_hub(model):
+    return any(cls.__module__.startswith("keras_hub.") for cls in type(model).__mro__)
+
+
+def _named_outputs(model, batch_size=None):
+    """`model` with a static batch and its dict outputs as named graph outputs.
+
+    The exported files then name their outputs by the Keras keys
+    (`bbox_regression`, `cls_logits`), which the runners return as a dict.
+    """
+    import keras
+
+    inputs = keras.Input(batch_shape=(batch_size,) + _static_input_shape(model), name="image")
+    outputs = model(inputs)
+    if isinstance(outputs, dict):
+        outputs = {k: keras.layers.Identity(name=k)(outputs[k]) for k in sorted(outputs)}
+    return keras.Model(inputs, outputs, name=f"{model.name}_export")
+
+
+def keras_outputs(model, x, batch_size=8):
+    """What the exported file must reproduce: `model`'s raw outputs on `x`.
+
+    `model.predict` for a classifier or segmenter; for a model whose outputs
+    are a dict (a keras-hub detector, whose `predict` decodes boxes), the
+    network's raw outputs, as a dict of arrays.
+    """
+    import keras
+
+    if _output_keys(model) is None:
+        return np.asarray(model.predict(x, verbose=0, batch_size=batch_size))
+    twin = keras.Model(model.inputs, model.outputs)  # plain Model.predict: no decoding
+    outputs = twin.predict(x, verbose=0, batch_size=batch_size)
+    if not isinstance(outputs, dict):
+        outputs = dict(zip(sorted(model.output), outputs))
+    return {k: np.asarray(v) for k, v in outputs.items()}
 
 
 def _representative_dataset(data, limit=200):
@@ -157,8 +218,13 @@ def tflite_ops(path):
 
 
 class TFLiteRunner:
-    """Runs a .tflite classifier with the LiteRT interpreter, handling its input
-    and output quantization (what a phone app does)."""
+    """Runs a .tflite model with the LiteRT interpreter, handling its input
+    and output quantization (what a phone app does).
+
+    Returns an array for a one-output model (a classifier, a segmenter) and
+    a dict `{name: array}` for a model with named outputs (a detector's
+    `bbox_regression` / `cls_logits`).
+    """
 
     def __init__(self, path, num_threads=None):
         from ai_edge_litert.interpreter import Interpreter
@@ -166,19 +232,31 @@ class TFLiteRunner:
         self.interpreter = Interpreter(model_path=os.fspath(path), num_threads=num_threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+        self.outputs = self.interpreter.get_output_details()
+        self.output = self.outputs[0]
+        self.names = None
+        if len(self.outputs) > 1:
+            signatures = self.interpreter._get_full_signature_list() or {}
+            by_index = {}
+            for signature in signatures.values():
+                by_index.update({i: name for name, i in signature["outputs"].items()})
+            self.names = [by_index.get(d["index"], d["name"]) for d in self.outputs]
 
     def __call__(self, images):
         images = np.asarray(images, "float32")
         batch = int(self.input["shape_signature"][0])
         if batch <= 1:  # batch 1 or a dynamic batch: one image at a time
-            return np.stack([self._invoke(image[None])[0] for image in images])
-        outputs = []  # a static batch of N: groups of N, the last one padded
-        for start in range(0, len(images), batch):
-            group = images[start : start + batch]
-            padded = np.concatenate([group, np.repeat(group[-1:], batch - len(group), 0)])
-            outputs.append(self._invoke(padded)[: len(group)])
-        return np.concatenate(outputs)
+            results = [self._invoke(image[None]) for image in images]
+        else:  # a static batch of N: groups of N, the last one padded
+            results = []
+            for start in range(0, len(images), batch):
+                group = images[start : start + batch]
+                padded = np.concatenate([group, np.repeat(group[-1:], batch - len(group), 0)])
+                results.append([y[: len(group)] for y in self._invoke(padded)])
+        outputs = [np.concatenate([r[i] for r in results]) for i in range(len(self.outputs))]
+        if self.names is None:
+            return outputs[0]
+        return dict(zip(self.names, outputs))
 
     def _invoke(self, x):
         scale, zero = self.input["quantization"]
@@ -187,11 +265,14 @@ class TFLiteRunner:
             x = np.clip(np.round(x / scale + zero), info.min, info.max)
         self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
         self.interpreter.invoke()
-        y = self.interpreter.get_tensor(self.output["index"])
-        scale, zero = self.output["quantization"]
-        if self.output["dtype"] != np.float32:
-            y = (y.astype("float32") - zero) * scale
-        return y
+        outputs = []
+        for detail in self.outputs:
+            y = self.interpreter.get_tensor(detail["index"])
+            scale, zero = detail["quantization"]
+            if detail["dtype"] != np.float32:
+                y = (y.astype("float32") - zero) * scale
+            outputs.append(y)
+        return outputs
 
 
 def float_attention_tensors(model, tensor_names):
@@ -446,7 +527,12 @@ def to_tflite(
         images = _calibration_images(representative_data, model)
     from keras_sepvit import inference, tflite_quantization
 
-    source = inference.inference_model(model, batch_size)
+    # keras-hub models (tasks, backbones) are not cloned: a clone of some
+    # tasks orders its weights differently (DeepLabV3ImageSegmenter), so they
+    # go unfolded (the folds are exact rewrites, not needed for correctness).
+    source = inference.inference_model(model, batch_size, fold=not _is_keras_hub(model))
+    if _output_keys(model) is not None:  # named outputs in the file
+        source = _named_outputs(source, batch_size)
     qat_model = inference._has_fake_quantization(model)
     # Written and checked under a temporary name: a file that fails its
     # check never sits at `path`.
@@ -477,10 +563,37 @@ def to_tflite(
     return path
 
 
-def _agreement_check(name, got, expected, min_agreement):
-    """Top-1 agreement of a quantized classifier with Keras, or the relative
-    error of other outputs (feature maps)."""
-    if expected.ndim == 2 and expected.shape[-1] > 1:
+# Least per-pixel argmax agreement of a float (float32 / float16) segmenter
+# file with Keras: rounding may flip near-ties, a wrong graph flips most pixels.
+FLOAT_PIXEL_AGREEMENT = 0.99
+
+
+def _parts(outputs):
+    return outputs if isinstance(outputs, dict) else {"output": outputs}
+
+
+def _relative_error(got, expected):
+    return float(np.linalg.norm(got - expected) / max(np.linalg.norm(expected), 1e-12))
+
+
+def _pixel_agreement(got, expected):
+    return float((got.argmax(-1) == expected.argmax(-1)).mean())
+
+
+def _agreement_check(name, got, expected, min_agreement, segmenter=False):
+    """Top-1 agreement of a quantized classifier with Keras, per-pixel argmax
+    agreement of a segmenter, or the relative error of other outputs (feature
+    maps, a detector's raw outputs)."""
+    if segmenter:
+        agreement = _pixel_agreement(got, expected)
+        if agreement < min_agreement:
+            raise RuntimeError(
+                f"{name} agrees with the Keras model on the class of only {agreement:.1%} of "
+                f"the pixels of {len(got)} calibration images (< min_agreement={min_agreement}):"
+                " the quantized file is broken. Check the calibration images."
+            )
+        return
+    if not isinstance(expected, dict) and expected.ndim == 2 and expected.shape[-1] > 1:
         agreement = float((got.argmax(-1) == expected.argmax(-1)).mean())
         if agreement < min_agreement:
             raise RuntimeError(
@@ -490,12 +603,59 @@ def _agreement_check(name, got, expected, min_agreement):
                 "images (the model's input range, real training images)."
             )
         return
-    error = float(np.linalg.norm(got - expected) / max(np.linalg.norm(expected), 1e-12))
-    if error > 1.0 - min_agreement / 2:
+    got, expected = _parts(got), _parts(expected)
+    for key in expected:
+        error = _relative_error(got[key], expected[key])
+        if error > 1.0 - min_agreement / 2:
+            raise RuntimeError(
+                f"{name} differs from the Keras model by a relative error of {error:.2f} on "
+                f"the calibration images ({key}): the quantized file is broken."
+            )
+
+
+def _compare(name, got, expected, model, tolerance, default_tolerance):
+    """Checks a file's outputs against Keras' on the sample inputs.
+
+    Classifiers: max |difference| <= tolerance (default `default_tolerance`).
+    Dense tasks (segmenters, dict outputs) without an explicit `tolerance`:
+    relative error <= `default_tolerance` per output, and for a segmenter
+    per-pixel argmax agreement >= `FLOAT_PIXEL_AGREEMENT`.
+    """
+    got_parts, expected_parts = _parts(got), _parts(expected)
+    if sorted(got_parts) != sorted(expected_parts):
         raise RuntimeError(
-            f"{name} differs from the Keras model by a relative error of {error:.2f} on "
-            "the calibration images: the quantized file is broken."
+            f"{name} has outputs {sorted(got_parts)}, the Keras model {sorted(expected_parts)}"
         )
+    for key, value in expected_parts.items():
+        out = np.asarray(got_parts[key])
+        if not np.isfinite(out).all() or out.shape != value.shape:
+            raise RuntimeError(f"{name} gives non-finite or mis-shaped outputs {out.shape}")
+    dense = _is_segmenter(model) or isinstance(expected, dict)
+    if tolerance is None and dense:
+        if default_tolerance is None:
+            return
+        for key, value in expected_parts.items():
+            error = _relative_error(got_parts[key], value)
+            if error > default_tolerance:
+                raise RuntimeError(
+                    f"{name} differs from the Keras model by a relative error of {error:.2e} "
+                    f"({key}) > {default_tolerance}"
+                )
+        if _is_segmenter(model):
+            agreement = _pixel_agreement(got, expected)
+            if agreement < FLOAT_PIXEL_AGREEMENT:
+                raise RuntimeError(
+                    f"{name} agrees with the Keras model on the class of only {agreement:.2%} "
+                    f"of the pixels (< {FLOAT_PIXEL_AGREEMENT})"
+                )
+        return
+    tolerance = default_tolerance if tolerance is None else tolerance
+    if tolerance is not None:
+        diff = max(float(np.abs(got_parts[k] - v).max()) for k, v in expected_parts.items())
+        if diff > tolerance:
+            raise RuntimeError(
+                f"{name} differs from the Keras model by {diff:.2e} > tolerance {tolerance}"
+            )
 
 
 def _check_tflite(path, model, quantization, sample_inputs, tolerance, images, min_agreement):
@@ -506,25 +666,16 @@ def _check_tflite(path, model, quantization, sample_inputs, tolerance, images, m
     if flex:
         raise RuntimeError(f"{path} needs Flex ops {flex}; the LiteRT interpreter cannot run it")
     x = _sample_inputs(model, sample_inputs)
-    expected = np.asarray(model.predict(x, verbose=0))
-    got = TFLiteRunner(path)(x)
-    if not np.isfinite(got).all() or got.shape != expected.shape:
-        raise RuntimeError(f"{path} gives non-finite or mis-shaped outputs {got.shape}")
-    if tolerance is None:
-        tolerance = {None: 1e-4, "float16": 1e-2}.get(quantization)
-    if tolerance is not None:
-        diff = float(np.abs(got - expected).max())
-        if diff > tolerance:
-            raise RuntimeError(
-                f"{path} differs from the Keras model by {diff:.2e} > tolerance {tolerance}"
-            )
+    default = {None: 1e-4, "float16": 1e-2}.get(quantization)
+    _compare(path, TFLiteRunner(path)(x), keras_outputs(model, x), model, tolerance, default)
     if images is not None and min_agreement > 0:
         check = images[:32]
         _agreement_check(
             path,
             TFLiteRunner(path)(check),
-            np.asarray(model.predict(check, verbose=0)),
+            keras_outputs(model, check),
             min_agreement,
+            segmenter=_is_segmenter(model),
         )
 
 
@@ -638,8 +789,9 @@ def to_onnx(
     from keras_sepvit import onnx_graph
 
     spec, optimizers = _onnx_function(model, batch_size)
+    source = model if _output_keys(model) is None else _named_outputs(model, batch_size)
     proto, _ = tf2onnx.convert.from_keras(
-        model, input_signature=spec, opset=opset, optimizers=optimizers
+        source, input_signature=spec, opset=opset, optimizers=optimizers
     )
     onnx.checker.check_model(proto)
     if optimize:
@@ -662,23 +814,16 @@ def to_onnx(
     os.replace(tmp, path)
 
     x = _sample_inputs(model, sample_inputs)
-    got = ONNXRunner(path)(x)
-    expected = np.asarray(model.predict(x, verbose=0))
-    if not np.isfinite(got).all() or got.shape != expected.shape:
-        raise RuntimeError(f"{path} gives non-finite or mis-shaped outputs {got.shape}")
-    if tolerance is None:
-        tolerance = 1e-4 if quantization in (None, "float32") else None
-    if tolerance is not None:
-        diff = float(np.abs(got - expected).max())
-        if diff > tolerance:
-            raise RuntimeError(f"{path} differs from the Keras model by {diff:.2e} > {tolerance}")
+    default = 1e-4 if quantization in (None, "float32") else None
+    _compare(path, ONNXRunner(path)(x), keras_outputs(model, x), model, tolerance, default)
     return path
 
 
 class ONNXRunner:
-    """Runs an ONNX classifier in ONNX Runtime (CPU), as `TFLiteRunner` does a
-    .tflite file: images in, outputs out, in chunks of the file's static
-    batch if it has one (a short last chunk is padded with its last image).
+    """Runs an ONNX model in ONNX Runtime (CPU), as `TFLiteRunner` does a
+    .tflite file: images in, outputs out (an array, or a dict by output name
+    for a model with several), in chunks of the file's static batch if it
+    has one (a short last chunk is padded with its last image).
 
     Args:
         path: the `.onnx` file.
@@ -699,17 +844,23 @@ class ONNXRunner:
         self.input = self.session.get_inputs()[0]
         batch = self.input.shape[0]
         self.batch_size = batch if isinstance(batch, int) else None
+        names = [o.name for o in self.session.get_outputs()]
+        self.names = names if len(names) > 1 else None
 
     def __call__(self, images):
         images = np.asarray(images, "float32")
         if self.batch_size is None:
-            return self.session.run(None, {self.input.name: images})[0]
-        outputs = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            count = len(chunk)
-            if count < self.batch_size:
-                padding = np.repeat(chunk[-1:], self.batch_size - count, axis=0)
-                chunk = np.concatenate([chunk, padding])
-            outputs.append(self.session.run(None, {self.input.name: chunk})[0][:count])
-        return np.concatenate(outputs)
+            outputs = self.session.run(None, {self.input.name: images})
+        else:
+            chunks = []
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start : start + self.batch_size]
+                count = len(chunk)
+                if count < self.batch_size:
+                    padding = np.repeat(chunk[-1:], self.batch_size - count, axis=0)
+                    chunk = np.concatenate([chunk, padding])
+                chunks.append([y[:count] for y in self.session.run(None, {self.input.name: chunk})])
+            outputs = [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+        if self.names is None:
+            return outputs[0]
+        return dict(zip(self.names, outputs))

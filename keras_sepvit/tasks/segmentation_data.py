@@ -97,7 +97,11 @@ def _tfds_split(name, split, data_dir):
         return example["image"], label
 
     dataset = builder.as_dataset(split=split, shuffle_files=False).map(pick)
-    return Split(dataset, info.splits[split].num_examples)
+    try:
+        num_examples = info.splits[split].num_examples
+    except KeyError:  # no split metadata (e.g. under tfds.testing.mock_data)
+        num_examples = int(dataset.cardinality())
+    return Split(dataset, num_examples)
 
 
 def load_split(dataset, split, data_dir=None):
@@ -200,12 +204,12 @@ def train_dataset(
         raise ValueError(f"Nothing to train: initial_epoch={initial_epoch} >= epochs={epochs}")
 
     def one_epoch(epoch):
-        epoch_seed = tf.cast(seed, tf.int64) * 100003 + epoch
+        epoch_seed = int(seed) * 100003 + int(epoch)
         data = split.dataset.shuffle(shuffle_buffer, seed=epoch_seed).repeat().enumerate()
 
         def prepare(index, example):
             image, label = example
-            example_seed = tf.stack([epoch_seed, index])
+            example_seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
             image, label = _augment(
                 image,
                 _labels(label, reduce_zero_label),
@@ -223,9 +227,10 @@ def train_dataset(
             .take(steps_per_epoch)
         )
 
-    return (
-        tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
-    )
+    dataset = one_epoch(initial_epoch)
+    for epoch in range(initial_epoch + 1, epochs):
+        dataset = dataset.concatenate(one_epoch(epoch))
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(split, batch_size, size=512, reduce_zero_label=False, limit=None):
