@@ -23,6 +23,7 @@ from keras_sepvit.parity import (
     IO_FILE,
     TOLERANCE,
     WEIGHTS_FILE,
+    default_reference_dir,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +46,20 @@ PAPER = {
 # The authors' classifier parameter counts (M) include the final norm and the
 # 1000-class head, which the classifier-stage backbone leaves out.
 AUTHORS_PARAMS = {"lite": 3.661, "tiny": 31.183, "small": 46.571, "base": 82.377}
+
+
+@pytest.fixture(scope="module")
+def reference_files():
+    """The shared/reference folder, as conftest's `reference_dir` (which the
+    PyTorch child process cannot use: it runs without conftest, see
+    `test_other_backends`)."""
+    directory = default_reference_dir()
+    if not os.path.exists(os.path.join(directory, DENSE_WEIGHTS_FILE)):
+        message = f"reference files not found in {directory!r}; set KERAS_SEPVIT_REFERENCE"
+        if os.environ.get("KERAS_SEPVIT_REQUIRE_REFERENCE"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return directory
 
 
 def _images(batch=2, height=64, width=96, seed=0):
@@ -150,12 +165,12 @@ def test_dtype_policy_outputs_follow_float32(policy):
     assert backbone.get_config()["dtype"]["config"]["name"] == policy
 
 
-def test_dense_reference_parity(reference_dir):
+def test_dense_reference_parity(reference_files):
     """The authors' dense seed-0 vectors through SepViTBackbone (Lite config)."""
-    with np.load(os.path.join(reference_dir, DENSE_IO_FILE)) as data:
+    with np.load(os.path.join(reference_files, DENSE_IO_FILE)) as data:
         io = {k: data[k] for k in data.files}
     backbone = SepViTBackbone.from_preset("sepvit_lite_dense")
-    keras_sepvit.load_official_weights(backbone, os.path.join(reference_dir, DENSE_WEIGHTS_FILE))
+    keras_sepvit.load_official_weights(backbone, os.path.join(reference_files, DENSE_WEIGHTS_FILE))
     got = _pyramid(backbone)(io["input_nhwc"], training=False)
     for stage in range(1, 5):
         diff = np.abs(_numpy(got[f"P{stage + 1}"]) - io[f"stage{stage}_nhwc"]).max()
@@ -166,13 +181,13 @@ def test_dense_reference_parity(reference_dir):
     np.testing.assert_array_equal(_numpy(backbone(io["input_nhwc"])), _numpy(got["P5"]))
 
 
-def test_classifier_stages_reference_parity(reference_dir):
+def test_classifier_stages_reference_parity(reference_files):
     """dense=False: the authors' classifier state dict (final norm and head
     skipped) gives their stage outputs."""
-    with np.load(os.path.join(reference_dir, IO_FILE)) as data:
+    with np.load(os.path.join(reference_files, IO_FILE)) as data:
         io = {k: data[k] for k in data.files}
     backbone = SepViTBackbone.from_preset("sepvit_lite")
-    keras_sepvit.load_official_weights(backbone, os.path.join(reference_dir, WEIGHTS_FILE))
+    keras_sepvit.load_official_weights(backbone, os.path.join(reference_files, WEIGHTS_FILE))
     got = _pyramid(backbone)(io["input_nhwc"], training=False)
     for stage in range(1, 5):
         diff = np.abs(_numpy(got[f"P{stage + 1}"]) - io[f"stage{stage}_nhwc"]).max()
@@ -296,6 +311,11 @@ CHILD_RUNS = [
     ("jax", "not Harness or test_model_saving"),
     ("torch", "not test_channels_first_harness"),
 ]
+# conftest fails any session that imported TensorFlow and torch.onnx (a
+# segfault with PyTorch's CUDA wheel). keras-hub's harness needs TensorFlow
+# (tf.data) on every backend and Keras' PyTorch backend imports torch.onnx,
+# so the PyTorch child runs without conftest: a crash there fails this test.
+NO_CONFTEST = {"torch": ["--noconftest"]}
 
 
 @pytest.mark.slow
@@ -319,6 +339,7 @@ def test_other_backends(backend, selection, reference_dir):
             "-s",
             "-p",
             "no:cacheprovider",
+            *NO_CONFTEST.get(backend, []),
             "-m",
             "not slow",
             "-k",
