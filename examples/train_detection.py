@@ -152,12 +152,17 @@ def _tfds_source(args, split):
         boxes = tf.stack([xmin * size[1], ymin * size[0], xmax * size[1], ymax * size[0]], -1)
         objects = example["objects"]
         crowd = objects["is_crowd"] if "is_crowd" in objects else tf.zeros_like(objects["label"])
+        boxes = tf.reshape(boxes, (-1, 4))
+        # One length for all (tfds' mock data draws each sequence's own).
+        count = tf.reduce_min(
+            tf.stack([tf.shape(boxes)[0], tf.size(objects["label"]), tf.size(crowd)])
+        )
         return {
             "image": image,
-            "boxes": tf.reshape(boxes, (-1, 4)),
-            "labels": tf.cast(objects["label"], tf.int32),
+            "boxes": boxes[:count],
+            "labels": tf.cast(objects["label"][:count], tf.int32),
             "image_id": tf.cast(example.get("image/id", 0), tf.int64),
-            "crowd": tf.cast(crowd, tf.bool),
+            "crowd": tf.cast(crowd[:count], tf.bool),
         }
 
     size = builder.info.splits[split].num_examples if split in builder.info.splits else None
@@ -294,7 +299,7 @@ def load_source(args, split):
         return _scenes_source(args, split)
     if os.path.isdir(args.dataset):
         return _folder_source(args, split)
-    if os.path.sep in args.dataset or args.dataset.startswith("."):
+    if args.dataset.startswith((".", "/", "~")) or os.path.isabs(args.dataset):
         raise SystemExit(f"error: --dataset {args.dataset} is not a folder")
     return _tfds_source(args, split)
 
@@ -636,6 +641,7 @@ def main(argv=None):
             initial_epoch=initial_epoch,
             steps_per_epoch=steps,
             callbacks=callbacks,
+            shuffle=False,  # the tf.data pipeline shuffles
             verbose=2,
         )
     except training.TrainingError as e:

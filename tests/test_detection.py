@@ -1,0 +1,144 @@
+"""RetinaNet on SepViT (keras_sepvit.tasks.retinanet): structure, decoding, serialization."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+keras_hub = pytest.importorskip("keras_hub")
+
+from keras_sepvit.hub import SepViTBackbone  # noqa: E402
+from keras_sepvit.tasks import retinanet  # noqa: E402
+from keras_sepvit.tasks.detection_demo import MIT_B0  # noqa: E402
+
+TINY = dict(depths=(1, 1, 1, 1), channels=(8, 16, 16, 32), num_heads=(1, 1, 2, 2))
+TINY["window_sizes"] = ((7,), (7,), (7,), (7,))
+
+
+def tiny_sepvit(image_shape=None):
+    keras.utils.set_random_seed(0)
+    return SepViTBackbone(**TINY, image_shape=image_shape)
+
+
+def tiny_mit(side=64):
+    config = dict(MIT_B0, layerwise_depths=[1, 1, 1, 1], hidden_dims=[8, 16, 24, 32])
+    config["layerwise_num_heads"] = [1, 1, 2, 2]
+    return keras_hub.models.MiTBackbone(**config, image_shape=(side, side, 3))
+
+
+def anchor_count(height, width, per_place=9):
+    return sum(
+        math.ceil(height / 2**level) * math.ceil(width / 2**level) * per_place
+        for level in range(3, 8)
+    )
+
+
+def test_sepvit_retinanet_levels_heads_and_prior():
+    detector = retinanet.sepvit_retinanet(tiny_sepvit(), 5, head_conv_layers=1, seed=0)
+    fpn = detector.backbone
+    assert (fpn.min_level, fpn.max_level, fpn.use_p5) == (3, 7, True)
+    assert sorted(fpn.pyramid_outputs) == ["P3", "P4", "P5", "P6", "P7"]
+    # The FPN reads the backbone's P3..P5 (strides 8..32), not P2.
+    assert sorted(fpn.feature_pyramid.lateral_conv_layers) == ["P3", "P4", "P5"]
+    assert len(detector.classification_head.conv_layers) == 1
+    outputs = detector(np.zeros((2, 96, 64, 3), "float32"))
+    assert outputs["cls_logits"].shape == (2, anchor_count(96, 64), 5)
+    assert outputs["bbox_regression"].shape == (2, anchor_count(96, 64), 4)
+    bias = keras.ops.convert_to_numpy(detector.classification_head.prediction_layer.bias)
+    np.testing.assert_allclose(bias, -math.log(0.99 / 0.01), rtol=1e-6)
+    np.testing.assert_array_equal(detector.box_head.prediction_layer.bias, 0.0)
+    kernel = keras.ops.convert_to_numpy(detector.classification_head.conv_layers[0].kernel)
+    assert 0.008 < kernel.std() < 0.012  # N(0, 0.01), not keras-hub's N(0, 0.05)
+    # Untrained: every anchor is background with probability ~0.99.
+    scores = keras.ops.convert_to_numpy(keras.ops.sigmoid(outputs["cls_logits"]))
+    assert scores.max() < 0.05
+
+
+def test_stage_named_pyramid_is_rekeyed_by_stride():
+    mit = tiny_mit(64)
+    assert retinanet.stride_level_names(mit) == {"P1": "P2", "P2": "P3", "P3": "P4", "P4": "P5"}
+    detector = retinanet.sepvit_retinanet(mit, 3, head_conv_layers=0)
+    encoder = detector.backbone.image_encoder
+    assert isinstance(encoder, retinanet.StrideKeyedBackbone)
+    p3 = detector.backbone.feature_pyramid.lateral_conv_layers["P3"]
+    assert p3.kernel.shape[-2] == 16  # MiT's stride-8 map (its "P2"); its "P3" has 24
+    assert detector(np.zeros((1, 64, 64, 3)))["cls_logits"].shape == (1, anchor_count(64, 64), 3)
+
+
+def test_refusals_name_the_value():
+    with pytest.raises(ValueError, match="Received: backbone=<Sequential"):
+        retinanet.sepvit_retinanet(keras.Sequential([keras.layers.Dense(2)]), 3)
+    with pytest.raises(ValueError, match=r"image_shape=\(100, 64, 3\)"):
+        retinanet.sepvit_retinanet(tiny_sepvit(), 3, image_shape=(100, 64, 3))
+    with pytest.raises(ValueError, match="num_classes=0"):
+        retinanet.sepvit_retinanet(tiny_sepvit(), 0)
+    with pytest.raises(ValueError, match="level_names"):
+        retinanet.StrideKeyedBackbone(tiny_mit(), {"P9": "P3"})
+
+
+def test_decode_detections_matches_predict():
+    detector = retinanet.sepvit_retinanet(
+        tiny_sepvit((64, 64, 3)), 4, head_conv_layers=1, confidence_threshold=0.2, seed=0
+    )
+    # Distinct scores everywhere, so that the ranking is the same in every run.
+    bias = detector.classification_head.prediction_layer.bias
+    bias.assign(np.random.default_rng(0).normal(0, 2, bias.shape).astype("float32"))
+    images = np.random.default_rng(1).uniform(-2, 2, (2, 64, 64, 3)).astype("float32")
+    expected = detector.predict(images, batch_size=2, verbose=0)
+    raw = detector(images)
+    settings = retinanet.detection_settings(detector)
+    assert settings["confidence_threshold"] == 0.2
+    found = retinanet.decode_detections(
+        raw["bbox_regression"], raw["cls_logits"], (64, 64), **settings
+    )
+    assert (found["num_detections"] > 0).all()
+    np.testing.assert_array_equal(found["num_detections"], expected["num_detections"])
+    np.testing.assert_array_equal(found["labels"], expected["labels"])
+    np.testing.assert_allclose(found["confidence"], expected["confidence"], atol=1e-5)
+    np.testing.assert_allclose(found["boxes"], expected["boxes"], atol=1e-3)
+    # `detect` (odd last batch included) gives the same.
+    batched = retinanet.detect(detector, np.concatenate([images, images[:1]]), batch_size=2)
+    np.testing.assert_array_equal(batched["labels"][:2], expected["labels"])
+    np.testing.assert_array_equal(batched["labels"][2], expected["labels"][0])
+    with pytest.raises(ValueError, match=r"image_shape=\(96, 64\)"):
+        retinanet.decode_detections(raw["bbox_regression"], raw["cls_logits"], (96, 64))
+
+
+def test_detector_keras_round_trip(tmp_path):
+    detector = retinanet.sepvit_retinanet(tiny_mit(64), 3, head_conv_layers=1, seed=0)
+    images = np.random.default_rng(0).uniform(-1, 1, (1, 64, 64, 3)).astype("float32")
+    path = str(tmp_path / "detector.keras")
+    detector.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.backbone.image_encoder, retinanet.StrideKeyedBackbone)
+    assert loaded.backbone.image_encoder.level_names == {
+        "P1": "P2",
+        "P2": "P3",
+        "P3": "P4",
+        "P4": "P5",
+    }
+    for key in ("cls_logits", "bbox_regression"):
+        np.testing.assert_allclose(loaded(images)[key], detector(images)[key], atol=1e-5)
+    assert retinanet.detection_settings(loaded) == retinanet.detection_settings(detector)
+
+
+def test_stride_keyed_backbone_config_round_trip():
+    wrapper = retinanet.StrideKeyedBackbone(tiny_mit(64), {"P2": "P3", "P4": "P5"})
+    config = wrapper.get_config()
+    assert config["level_names"] == {"P2": "P3", "P4": "P5"}
+    clone = retinanet.StrideKeyedBackbone.from_config(config)
+    assert sorted(clone.pyramid_outputs) == ["P3", "P5"]
+    assert clone.count_params() == wrapper.count_params()
+
+
+def test_warmup_step_decay():
+    schedule = retinanet.WarmupStepDecay(1e-4, warmup_steps=10, boundaries=[20, 30])
+    rates = [float(schedule(step)) for step in (0, 5, 10, 19, 20, 29, 30, 99)]
+    np.testing.assert_allclose(
+        rates, [1e-7, 1e-4 * (0.001 + 0.999 * 0.5), 1e-4, 1e-4, 1e-5, 1e-5, 1e-6, 1e-6], rtol=1e-5
+    )
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert clone.get_config() == schedule.get_config()
+    with pytest.raises(ValueError, match="learning_rate=0"):
+        retinanet.WarmupStepDecay(0, 1, [])
