@@ -142,3 +142,44 @@ def test_warmup_step_decay():
     assert clone.get_config() == schedule.get_config()
     with pytest.raises(ValueError, match="learning_rate=0"):
         retinanet.WarmupStepDecay(0, 1, [])
+
+
+def test_draw_detections_skips_padding_and_low_scores():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from keras_sepvit.tasks.detection_demo import draw_detections
+
+    fig, ax = plt.subplots()
+    boxes = [[2, 2, 10, 12], [20, 20, 30, 40], [0, 0, 5, 5], [1, 1, 3, 3]]
+    draw_detections(ax, np.zeros((48, 48, 3), "uint8"), boxes, [3, 7, 1, -1], [0.9, 0.6, 0.2, 0.99])
+    assert len(ax.patches) == 2
+    assert [t.get_text() for t in ax.texts] == ["3 0.90", "7 0.60"]
+    draw_detections(ax, np.zeros((48, 48, 3), "uint8"), boxes[:1], [5])  # ground truth
+    assert ax.texts[-1].get_text() == "5"
+    plt.close(fig)
+
+
+def test_demo_refuses_unknown_backbone():
+    from keras_sepvit.tasks.detection_demo import make_backbone
+
+    with pytest.raises(ValueError, match="backbone_name='resnet'"):
+        make_backbone("resnet")
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_detector_contract():
+    from keras_sepvit.digit_scenes import make_digit_scenes
+    from keras_sepvit.tasks.detection_demo import SCENES, train_and_evaluate_detector
+
+    train = make_digit_scenes(32, **SCENES, split="train", seed=0)
+    test = make_digit_scenes(8, **SCENES, split="test", seed=1)
+    result = train_and_evaluate_detector("mit_b0", train, test, epochs=2, verbose=0)
+    assert 0.0 <= result["map"] <= result["map50"] <= 1.0
+    assert result["seconds"] > 0 and result["cpu_seconds"] > 0
+    assert len(result["history"]["loss"]) == 2
+    assert isinstance(result["model"], keras_hub.models.RetinaNetObjectDetector)
+    with pytest.raises(ValueError, match="batch_size=64"):
+        train_and_evaluate_detector("mit_b0", train, test, batch_size=64)
