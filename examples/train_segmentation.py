@@ -105,7 +105,7 @@ def parse_args(argv=None):
             p.error(f"--{flag.replace('_', '-')} must be >= 1. Received: {getattr(args, flag)}")
     if args.digit_scenes:
         args.num_classes = args.num_classes or 11
-        args.crop_size = args.crop_size or 96
+        args.crop_size = args.crop_size or 64
         args.reduce_zero_label = (
             "no" if args.reduce_zero_label == "auto" else args.reduce_zero_label
         )

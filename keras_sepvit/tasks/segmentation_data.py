@@ -111,16 +111,23 @@ def load_split(dataset, split, data_dir=None):
     return _tfds_split(dataset, split, data_dir)
 
 
-def digit_scene_splits(num_train=2000, num_test=300, image_size=96, seed=0):
-    """Training and held-out digit scenes (disjoint scans) as `Split`s."""
+def digit_scene_splits(num_train=2000, num_test=300, image_size=64, seed=0):
+    """Training and held-out digit scenes (disjoint scans) as `Split`s, laid
+    out as the segmentation demo's (`segmentation_demo.SCENES`)."""
     import tensorflow as tf
 
     from keras_sepvit import digit_scenes
+    from keras_sepvit.tasks.segmentation_demo import SCENES
 
     splits = []
     for split, count, offset in (("train", num_train, 0), ("test", num_test, 1)):
         scenes = digit_scenes.make_digit_scenes(
-            count, image_size=(image_size, image_size), split=split, seed=seed + offset
+            count,
+            image_size=(image_size, image_size),
+            digit_scale=SCENES["digit_scale"],
+            digits_per_scene=SCENES["digits_per_scene"],
+            split=split,
+            seed=seed + offset,
         )
         data = tf.data.Dataset.from_tensor_slices((scenes["images"], scenes["masks"]))
         splits.append(Split(data, count))

@@ -81,11 +81,15 @@ def _upsample_axis(x, factor, axis, interpolation):
 
 
 def _upsample(x, factor, interpolation, data_format):
-    """`x` upsampled `factor` times (nearest or bilinear with half-pixel centres)."""
+    """`x` upsampled `factor` times (nearest or bilinear with half-pixel centres).
+
+    Nearest is always `ops.repeat` (TFLite TILE, ONNX Tile; ONNX Runtime
+    warns about tf2onnx's Resize attribute for a nearest `tf.image.resize`).
+    """
     if factor == 1:
         return x
     height, width = _spatial(x, data_format)
-    if _is_static(height, width):
+    if interpolation == "bilinear" and _is_static(height, width):
         size = (factor * height, factor * width)
         return ops.image.resize(
             x, size, interpolation=interpolation, antialias=False, data_format=data_format
