@@ -120,16 +120,22 @@ def draw(path, detector, segmenter, test_scenes, seg_data, count=4):
     found = predict_detections(detector, images)
     seg_images, seg_masks = seg_data["test"]
     predicted = np.argmax(segmenter.predict(seg_images[:count], verbose=0), axis=-1)
-    fig, axes = plt.subplots(3, count, figsize=(3 * count, 9))
+    from keras_sepvit.model import IMAGENET_MEAN, IMAGENET_STD
+
+    # The segmentation scenes are stored normalised: back to pixels for the picture.
+    pixels = np.clip((seg_images[:count] * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255)
+    fig, axes = plt.subplots(4, count, figsize=(3 * count, 12))
     for i in range(count):
         draw_detections(
             axes[0, i], images[i], found["boxes"][i], found["labels"][i], found["confidence"][i]
         )
         axes[0, i].set_title("RetinaNet (SepViT-Lite)", fontsize=8)
-        axes[1, i].imshow(seg_masks[i], vmin=0, vmax=10, cmap="tab20", interpolation="nearest")
-        axes[1, i].set_title("true mask", fontsize=8)
-        axes[2, i].imshow(predicted[i], vmin=0, vmax=10, cmap="tab20", interpolation="nearest")
-        axes[2, i].set_title("Semantic FPN (SepViT-Lite)", fontsize=8)
+        axes[1, i].imshow(pixels[i].astype("uint8"))
+        axes[1, i].set_title("segmentation scene", fontsize=8)
+        axes[2, i].imshow(seg_masks[i], vmin=0, vmax=10, cmap="tab20", interpolation="nearest")
+        axes[2, i].set_title("true mask", fontsize=8)
+        axes[3, i].imshow(predicted[i], vmin=0, vmax=10, cmap="tab20", interpolation="nearest")
+        axes[3, i].set_title("Semantic FPN (SepViT-Lite)", fontsize=8)
         for ax in axes[1:, i]:
             ax.set_axis_off()
     fig.tight_layout()
