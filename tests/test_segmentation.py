@@ -268,3 +268,35 @@ def test_segmenter_runs_the_same_on_other_backends(backend, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model(x).numpy(), atol=1e-4)
+
+
+def test_poly_schedule_warmup_then_decay_and_round_trip():
+    from keras_sepvit.tasks.segmentation_demo import PolyDecay
+
+    schedule = PolyDecay(1e-3, total_steps=100, warmup_steps=10)
+    rates = [float(schedule(step)) for step in (0, 9, 10, 55, 100)]
+    # Warm-up rises linearly to the poly curve (1e-3 at step 10), never above it.
+    assert rates[0] == pytest.approx(1e-4) and rates[1] == pytest.approx(1e-3 * 0.91**0.9)
+    assert rates[2] == pytest.approx(1e-3 * 0.9**0.9, rel=1e-5)
+    assert rates[3] == pytest.approx(1e-3 * 0.45**0.9, rel=1e-5) and rates[4] == 0.0
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert float(clone(55)) == pytest.approx(rates[3])
+    with pytest.raises(ValueError, match="total_steps=5, warmup_steps=5"):
+        PolyDecay(1e-3, 5, 5)
+
+
+def test_segmentation_demo_short_run(monkeypatch):
+    from keras_sepvit.tasks import segmentation_demo
+
+    monkeypatch.setattr(
+        segmentation_demo,
+        "build_backbone",
+        lambda name, size, drop_path_rate=0.0: tiny_backbone((size, size, 3)),
+    )
+    monkeypatch.setattr(segmentation_demo, "HEAD", HEAD)
+    data = segmentation_demo.make_data(num_train=16, num_test=4, image_size=32)
+    assert data["train"][0].shape == (16, 32, 32, 3) and data["test"][1].shape == (4, 32, 32)
+    row = segmentation_demo.train_and_evaluate("sepvit_lite", data, steps=10, batch_size=4)
+    assert row["steps"] == 10 and 0.0 <= row["miou"] <= 1.0
+    assert row["per_class_iou"].shape == (11,)
+    assert "| sepvit_lite |" in segmentation_demo.format_table([row])
