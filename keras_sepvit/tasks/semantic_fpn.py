@@ -465,6 +465,7 @@ class SemanticFPNSegmenter(_image_segmenter()):
 
     Example:
     ```python
+    import numpy as np
     import keras_sepvit
     from keras_sepvit.tasks.semantic_fpn import SemanticFPNSegmenter
 
