@@ -77,7 +77,11 @@ def test_refusals_name_the_value():
         retinanet.StrideKeyedBackbone(tiny_mit(), {"P9": "P3"})
 
 
-def test_decode_detections_matches_predict():
+@pytest.mark.parametrize("seed", [0, 1])
+def test_decode_detections_matches_predict(seed):
+    # Seeded weights: with unseeded ones a near-tie at the NMS IoU or the score
+    # threshold (float rounding of NumPy vs. the backend) can flip one box.
+    keras.utils.set_random_seed(seed)
     detector = retinanet.sepvit_retinanet(
         tiny_sepvit((64, 64, 3)), 4, head_conv_layers=1, confidence_threshold=0.2, seed=0
     )
