@@ -77,17 +77,48 @@ def test_refusals_name_the_value():
         retinanet.StrideKeyedBackbone(tiny_mit(), {"P9": "P3"})
 
 
+def same_detections(found, expected, image):
+    """Both decoders keep the same boxes; the order may differ only between
+    near-equal scores (a 1e-6 rounding difference between CPUs swaps them)."""
+    count = int(expected["num_detections"][image])
+    assert int(found["num_detections"][image]) == count
+
+    def rows(result):
+        return np.concatenate(
+            [
+                result["labels"][image, :count, None].astype("float64"),
+                result["confidence"][image, :count, None],
+                result["boxes"][image, :count],
+            ],
+            axis=1,
+        )
+
+    ours, theirs = rows(found), rows(expected)
+    assert (np.diff(ours[:, 1]) <= 1e-6).all(), "confidences must come sorted, best first"
+    # Pair every detection with the expected one of the same label and box.
+    distance = np.abs(ours[:, None, 2:] - theirs[None, :, 2:]).max(-1)
+    distance[ours[:, None, 0] != theirs[None, :, 0]] = np.inf
+    distance += np.abs(ours[:, None, 1] - theirs[None, :, 1]) * 100
+    partner = distance.argmin(1)
+    assert sorted(partner) == list(range(count)), "a detection has no expected partner"
+    np.testing.assert_allclose(distance[np.arange(count), partner], 0, atol=1e-3)
+    # Where neighbouring scores are clearly apart, the order is the same too.
+    apart = np.abs(np.diff(theirs[:, 1])) > 1e-4
+    clear = np.concatenate([[True], apart]) & np.concatenate([apart, [True]])
+    np.testing.assert_array_equal(partner[clear], np.arange(count)[clear])
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_decode_detections_matches_predict(seed):
-    # Seeded weights: with unseeded ones a near-tie at the NMS IoU or the score
-    # threshold (float rounding of NumPy vs. the backend) can flip one box.
-    keras.utils.set_random_seed(seed)
     detector = retinanet.sepvit_retinanet(
         tiny_sepvit((64, 64, 3)), 4, head_conv_layers=1, confidence_threshold=0.2, seed=0
     )
-    # Distinct scores everywhere, so that the ranking is the same in every run.
-    bias = detector.classification_head.prediction_layer.bias
-    bias.assign(np.random.default_rng(0).normal(0, 2, bias.shape).astype("float32"))
+    # Scores that vary with the place and the anchor (the untrained prior gives
+    # near-equal ones everywhere), 100-200 of them above the threshold.
+    layer = detector.classification_head.prediction_layer
+    rng = np.random.default_rng(seed)
+    layer.bias.assign(rng.normal(-4.5, 1, layer.bias.shape).astype("float32"))
+    layer.kernel.assign(rng.normal(0, 0.1, layer.kernel.shape).astype("float32"))
     images = np.random.default_rng(1).uniform(-2, 2, (2, 64, 64, 3)).astype("float32")
     expected = detector.predict(images, batch_size=2, verbose=0)
     raw = detector(images)
@@ -96,15 +127,15 @@ def test_decode_detections_matches_predict(seed):
     found = retinanet.decode_detections(
         raw["bbox_regression"], raw["cls_logits"], (64, 64), **settings
     )
-    assert (found["num_detections"] > 0).all()
-    np.testing.assert_array_equal(found["num_detections"], expected["num_detections"])
-    np.testing.assert_array_equal(found["labels"], expected["labels"])
-    np.testing.assert_allclose(found["confidence"], expected["confidence"], atol=1e-5)
-    np.testing.assert_allclose(found["boxes"], expected["boxes"], atol=1e-3)
+    assert (found["num_detections"] > 10).all()
+    for image in range(2):
+        same_detections(found, expected, image)
     # `detect` (odd last batch included) gives the same.
     batched = retinanet.detect(detector, np.concatenate([images, images[:1]]), batch_size=2)
-    np.testing.assert_array_equal(batched["labels"][:2], expected["labels"])
-    np.testing.assert_array_equal(batched["labels"][2], expected["labels"][0])
+    for image in range(2):
+        same_detections(batched, expected, image)
+    last = {key: value[2:] for key, value in batched.items()}
+    same_detections(last, expected, 0)
     with pytest.raises(ValueError, match=r"image_shape=\(96, 64\)"):
         retinanet.decode_detections(raw["bbox_regression"], raw["cls_logits"], (96, 64))
 
