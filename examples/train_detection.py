@@ -580,18 +580,10 @@ def main(argv=None):
     args.val_split = args.val_split or (
         "test" if args.digit_scenes else "validation" if tfds_name else "val"
     )
-    found = training.existing_run(args.out)
-    if found and not (args.resume or args.overwrite):
-        raise SystemExit(
-            f"error: {args.out} already holds a training run ({', '.join(found)}). Continue it "
-            "with --resume, or start over with --overwrite (deletes its checkpoints and "
-            "logs), or choose another --out."
-        )
-    if args.resume:
-        try:
-            training.read_state(args.out)  # a damaged checkpoint is refused before any work
-        except training.TrainingError as e:
-            raise SystemExit(f"error: {e}") from e
+    try:  # before any work: an existing run needs --resume/--overwrite; a damaged one is refused
+        training.check_run(args.out, args.resume, args.overwrite)
+    except training.TrainingError as e:
+        raise SystemExit(f"error: {e}") from e
     keras.utils.set_random_seed(args.seed)
     train = load_source(args, args.train_split)
     val = load_source(args, args.val_split)
@@ -610,18 +602,10 @@ def main(argv=None):
         global_clipnorm=args.clip_norm or None,
     )
     detector.compile(optimizer=optimizer)
-    if args.overwrite:
-        training.clear_run(args.out)
-    os.makedirs(args.out, exist_ok=True)
-    initial_epoch = 0
-    if args.resume:
-        try:
-            initial_epoch = training.restore(detector, args.out)
-        except training.TrainingError as e:
-            raise SystemExit(f"error: {e}") from e
-        if initial_epoch:
-            training.write_log(args.out, training.read_state(args.out)["history"])
-            print(f"Resuming at epoch {initial_epoch + 1} from {args.out}")
+    try:
+        initial_epoch = training.prepare_run(detector, args.out, args.resume, args.overwrite)
+    except training.TrainingError as e:
+        raise SystemExit(f"error: {e}") from e
     if initial_epoch >= args.epochs:
         print(f"Nothing to do: the run in {args.out} already trained {initial_epoch} epochs.")
     print(
@@ -646,16 +630,10 @@ def main(argv=None):
         )
     except training.TrainingError as e:
         raise SystemExit(f"error: {e}") from e
+    summary = training.run_summary(args.out, args.epochs, also=("val_map50",))
+    if summary:
+        print(summary)
     state = training.read_state(args.out)
-    if state is not None:
-        print(
-            f"Done: epoch {state['epoch'] + 1}/{args.epochs}, val_map "
-            f"{state['logs'].get('val_map', float('nan')):.4f}, val_map50 "
-            f"{state['logs'].get('val_map50', float('nan')):.4f}, best val_map "
-            f"{state['best']:.4f} (epoch {state['best_epoch'] + 1}). Checkpoint: "
-            f"{os.path.join(args.out, training.CHECKPOINT)}; log: "
-            f"{os.path.join(args.out, training.LOG)}"
-        )
     return state
 
 

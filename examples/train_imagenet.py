@@ -235,18 +235,10 @@ def main(argv=None):
     from keras_sepvit import data, training
     from keras_sepvit.model import VARIANTS
 
-    found = training.existing_run(args.out)
-    if found and not (args.resume or args.overwrite):
-        raise SystemExit(
-            f"error: {args.out} already holds a training run ({', '.join(found)}). Continue it "
-            "with --resume, or start over with --overwrite (deletes its checkpoints and "
-            "logs), or choose another --out."
-        )
-    if args.resume:
-        try:
-            training.read_state(args.out)  # a damaged checkpoint is refused before any work
-        except training.TrainingError as e:
-            raise SystemExit(f"error: {e}") from e
+    try:  # before any work: an existing run needs --resume/--overwrite; a damaged one is refused
+        training.check_run(args.out, args.resume, args.overwrite)
+    except training.TrainingError as e:
+        raise SystemExit(f"error: {e}") from e
     if args.coordinator or args.num_processes or os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
         try:
             training.initialize_multi_host(args.coordinator, args.num_processes, args.process_id)
@@ -345,18 +337,9 @@ def main(argv=None):
             )
         except training.TrainingError as e:
             raise SystemExit(f"error: {e}") from e
-    state = training.read_state(args.out)
-    checkpoint = os.path.join(args.out, training.CHECKPOINT)
-    if state is not None and chief:
-        best = "none yet" if state["best"] is None else f"{state['best']:.4f}"
-        if state["best_epoch"] is not None:
-            best += f" (epoch {state['best_epoch'] + 1})"
-        print(
-            f"Done: epoch {state['epoch'] + 1}/{args.epochs}, {state['monitor']} "
-            f"{state['logs'].get(state['monitor'], float('nan')):.4f}, best {best}. "
-            f"Checkpoint: {checkpoint} ({training.LAST}, {training.BEST}, {training.STATE}); "
-            f"log: {os.path.join(args.out, training.LOG)}"
-        )
+    summary = training.run_summary(args.out, args.epochs)
+    if summary and chief:
+        print(summary)
     return history, initial_epoch
 
 

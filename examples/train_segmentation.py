@@ -243,20 +243,7 @@ def fit(model, args, epochs):
     """`model.fit` with keras_sepvit.training's atomic checkpoints and exact resume."""
     from keras_sepvit import training
 
-    found = training.existing_run(args.out)
-    if found and not (args.resume or args.overwrite):
-        raise SystemExit(
-            f"error: {args.out} already holds a training run ({', '.join(found)}). Continue it "
-            "with --resume, or start over with --overwrite (deletes its checkpoints and "
-            "logs), or choose another --out."
-        )
-    if args.overwrite:
-        training.clear_run(args.out)
-    os.makedirs(args.out, exist_ok=True)
-    initial_epoch = training.restore(model, args.out) if args.resume else 0
-    if initial_epoch:
-        training.write_log(args.out, training.read_state(args.out)["history"])
-        print(f"Resuming at epoch {initial_epoch + 1} from {args.out}")
+    initial_epoch = training.prepare_run(model, args.out, args.resume, args.overwrite)
     if initial_epoch >= epochs:
         print(f"{args.out} already finished its {epochs} epochs.")
         return None, initial_epoch
@@ -289,18 +276,10 @@ def main(argv=None):
 
     from keras_sepvit import training
 
-    found = training.existing_run(args.out)
-    if found and not (args.resume or args.overwrite):
-        raise SystemExit(
-            f"error: {args.out} already holds a training run ({', '.join(found)}). Continue it "
-            "with --resume, or start over with --overwrite (deletes its checkpoints and "
-            "logs), or choose another --out."
-        )
-    if args.resume:
-        try:
-            training.read_state(args.out)  # a damaged checkpoint is refused before any work
-        except training.TrainingError as e:
-            raise SystemExit(f"error: {e}") from e
+    try:  # before any work: an existing run needs --resume/--overwrite; a damaged one is refused
+        training.check_run(args.out, args.resume, args.overwrite)
+    except training.TrainingError as e:
+        raise SystemExit(f"error: {e}") from e
     keras.utils.set_random_seed(args.seed)
     epochs = args.iterations // args.steps_per_epoch
     model = build_model(args)
@@ -309,17 +288,9 @@ def main(argv=None):
         history, initial_epoch = fit(model, args, epochs)
     except training.TrainingError as e:
         raise SystemExit(f"error: {e}") from e
-    state = training.read_state(args.out)
-    if state is not None:
-        best = "none yet" if state["best"] is None else f"{state['best']:.4f}"
-        if state["best_epoch"] is not None:
-            best += f" (epoch {state['best_epoch'] + 1})"
-        print(
-            f"Done: epoch {state['epoch'] + 1}/{epochs}, val_mean_iou "
-            f"{state['logs'].get('val_mean_iou', float('nan')):.4f}, best {best}. "
-            f"Checkpoint: {os.path.join(args.out, training.CHECKPOINT)}; "
-            f"log: {os.path.join(args.out, training.LOG)}"
-        )
+    summary = training.run_summary(args.out, epochs)
+    if summary:
+        print(summary)
     return history, initial_epoch
 
 

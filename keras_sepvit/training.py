@@ -643,6 +643,73 @@ def training_callbacks(directory, monitor="val_accuracy", tensorboard=True):
     return callbacks
 
 
+def check_run(directory, resume=False, overwrite=False):
+    """Refuses, before any work, to train into a `directory` that holds a run.
+
+    Without `resume` or `overwrite` an existing run is refused; with `resume`
+    its checkpoint is verified now (checksums), so a damaged one is refused
+    before data or models are built.
+
+    Raises:
+        ValueError: both `resume` and `overwrite`.
+        RunExistsError: `directory` holds a run and neither flag was given.
+        CheckpointError: the checkpoint to resume is damaged.
+    """
+    if resume and overwrite:
+        raise ValueError("Pass `resume=True` or `overwrite=True`, not both.")
+    found = existing_run(directory)
+    if found and not (resume or overwrite):
+        raise RunExistsError(
+            f"{directory} already holds a training run ({', '.join(found)}). Continue it with "
+            "--resume (resume=True), or start over with --overwrite (overwrite=True), which "
+            "deletes its checkpoints and log; or choose another --out."
+        )
+    if resume:
+        read_state(directory)
+
+
+def prepare_run(model, directory, resume=False, overwrite=False):
+    """Readies `directory` for a compiled `model`; returns the epoch to start from.
+
+    `overwrite` deletes the previous run's checkpoints and logs; `resume`
+    restores weights and optimizer state from the verified checkpoint and
+    rewrites `log.csv` from its committed history. In a cluster only the
+    chief deletes and writes; every worker restores.
+    """
+    check_run(directory, resume, overwrite)
+    chief = is_chief()
+    if overwrite and chief:
+        clear_run(directory)
+    if chief:
+        os.makedirs(directory, exist_ok=True)
+    initial_epoch = restore(model, directory) if resume else 0
+    if initial_epoch and chief:
+        write_log(directory, read_state(directory)["history"])
+        print(f"Resuming at epoch {initial_epoch + 1} from {directory}")
+    return initial_epoch
+
+
+def run_summary(directory, epochs, also=()):
+    """One line on the committed run in `directory` (None when it has no checkpoint):
+    epoch, the monitored metric (and the metrics named in `also`), the best
+    value and where the files are."""
+    state = read_state(directory)
+    if state is None:
+        return None
+    monitor = state["monitor"]
+    best = "none yet" if state["best"] is None else f"{state['best']:.4f}"
+    if state["best_epoch"] is not None:
+        best += f" (epoch {state['best_epoch'] + 1})"
+    values = ", ".join(
+        f"{name} {state['logs'].get(name, float('nan')):.4f}" for name in (monitor, *also)
+    )
+    return (
+        f"Done: epoch {state['epoch'] + 1}/{epochs}, {values}, best {monitor} {best}. "
+        f"Checkpoint: {os.path.join(directory, CHECKPOINT)} ({LAST}, {BEST}, {STATE}); "
+        f"log: {os.path.join(directory, LOG)}"
+    )
+
+
 def fit(
     model,
     optimizer,
@@ -677,32 +744,14 @@ def fit(
         NonFiniteError: the loss became NaN/inf (nothing of that epoch is saved).
         CheckpointWriteError: a checkpoint could not be written (e.g. disk full).
     """
-    if resume and overwrite:
-        raise ValueError("Pass `resume=True` or `overwrite=True`, not both.")
-    found = existing_run(directory)
-    if found and not (resume or overwrite):
-        raise RunExistsError(
-            f"{directory} already holds a training run ({', '.join(found)}). Continue it with "
-            "--resume (resume=True), or start over with --overwrite (overwrite=True), which "
-            "deletes its checkpoints and log; or choose another --out."
-        )
+    check_run(directory, resume, overwrite)  # before compiling
     model.compile(
         optimizer,
         keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )
-    chief = is_chief()
-    if overwrite and chief:
-        clear_run(directory)
-    if chief:
-        os.makedirs(directory, exist_ok=True)
-    initial_epoch = 0
-    if resume:
-        initial_epoch = restore(model, directory)
-        if initial_epoch and chief:
-            write_log(directory, read_state(directory)["history"])
-            print(f"Resuming at epoch {initial_epoch + 1} from {directory}")
+    initial_epoch = prepare_run(model, directory, resume, overwrite)
     history = model.fit(
         train_ds,
         validation_data=val_ds,
