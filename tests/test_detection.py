@@ -10,7 +10,7 @@ keras_hub = pytest.importorskip("keras_hub")
 
 from keras_sepvit.hub import SepViTBackbone  # noqa: E402
 from keras_sepvit.tasks import retinanet  # noqa: E402
-from keras_sepvit.tasks.detection_demo import MIT_B0  # noqa: E402
+from keras_sepvit.tasks.peers import mit_b0  # noqa: E402
 
 TINY = dict(depths=(1, 1, 1, 1), channels=(8, 16, 16, 32), num_heads=(1, 1, 2, 2))
 TINY["window_sizes"] = ((7,), (7,), (7,), (7,))
@@ -22,9 +22,12 @@ def tiny_sepvit(image_shape=None):
 
 
 def tiny_mit(side=64):
-    config = dict(MIT_B0, layerwise_depths=[1, 1, 1, 1], hidden_dims=[8, 16, 24, 32])
-    config["layerwise_num_heads"] = [1, 1, 2, 2]
-    return keras_hub.models.MiTBackbone(**config, image_shape=(side, side, 3))
+    return mit_b0(
+        (side, side, 3),
+        layerwise_depths=[1, 1, 1, 1],
+        hidden_dims=[8, 16, 24, 32],
+        layerwise_num_heads=[1, 1, 2, 2],
+    )
 
 
 def anchor_count(height, width, per_place=9):

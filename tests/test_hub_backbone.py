@@ -165,12 +165,21 @@ def test_dtype_policy_outputs_follow_float32(policy):
     assert backbone.get_config()["dtype"]["config"]["name"] == policy
 
 
-def test_dense_reference_parity(reference_files):
-    """The authors' dense seed-0 vectors through SepViTBackbone (Lite config)."""
-    with np.load(os.path.join(reference_files, DENSE_IO_FILE)) as data:
+@pytest.mark.parametrize(
+    "preset, io_file, weights_file",
+    [
+        # The authors' dense seed-0 vectors through SepViTBackbone (Lite config).
+        ("sepvit_lite_dense", DENSE_IO_FILE, DENSE_WEIGHTS_FILE),
+        # dense=False: their classifier state dict (final norm and head
+        # skipped) gives their stage outputs.
+        ("sepvit_lite", IO_FILE, WEIGHTS_FILE),
+    ],
+)
+def test_reference_parity(reference_files, preset, io_file, weights_file):
+    with np.load(os.path.join(reference_files, io_file)) as data:
         io = {k: data[k] for k in data.files}
-    backbone = SepViTBackbone.from_preset("sepvit_lite_dense")
-    keras_sepvit.load_official_weights(backbone, os.path.join(reference_files, DENSE_WEIGHTS_FILE))
+    backbone = SepViTBackbone.from_preset(preset)
+    keras_sepvit.load_official_weights(backbone, os.path.join(reference_files, weights_file))
     got = _pyramid(backbone)(io["input_nhwc"], training=False)
     for stage in range(1, 5):
         diff = np.abs(_numpy(got[f"P{stage + 1}"]) - io[f"stage{stage}_nhwc"]).max()
@@ -179,19 +188,6 @@ def test_dense_reference_parity(reference_files):
     same = keras_sepvit.feature_pyramid(backbone)(io["input_nhwc"], training=False)
     np.testing.assert_array_equal(_numpy(same["P5"]), _numpy(got["P5"]))
     np.testing.assert_array_equal(_numpy(backbone(io["input_nhwc"])), _numpy(got["P5"]))
-
-
-def test_classifier_stages_reference_parity(reference_files):
-    """dense=False: the authors' classifier state dict (final norm and head
-    skipped) gives their stage outputs."""
-    with np.load(os.path.join(reference_files, IO_FILE)) as data:
-        io = {k: data[k] for k in data.files}
-    backbone = SepViTBackbone.from_preset("sepvit_lite")
-    keras_sepvit.load_official_weights(backbone, os.path.join(reference_files, WEIGHTS_FILE))
-    got = _pyramid(backbone)(io["input_nhwc"], training=False)
-    for stage in range(1, 5):
-        diff = np.abs(_numpy(got[f"P{stage + 1}"]) - io[f"stage{stage}_nhwc"]).max()
-        assert diff <= TOLERANCE, (stage, diff)
 
 
 def test_load_classifier_weights_into_backbone():

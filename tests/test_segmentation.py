@@ -15,6 +15,7 @@ pytest.importorskip("keras_hub")
 from keras_sepvit.hub import SepViTBackbone  # noqa: E402
 from keras_sepvit.tasks import semantic_fpn  # noqa: E402
 from keras_sepvit.tasks.deeplab import deeplabv3_segmenter  # noqa: E402
+from keras_sepvit.tasks.peers import mit_b0  # noqa: E402
 from keras_sepvit.tasks.semantic_fpn import (  # noqa: E402
     FPNNeck,
     SemanticFPNHead,
@@ -176,18 +177,12 @@ def test_segmenter_compile_defaults_and_every_weight_gets_a_gradient():
 
 
 def test_segmenter_on_mit_backbone_maps_its_pyramid_keys():
-    import keras_hub
-
-    mit = keras_hub.models.MiTBackbone(
+    mit = mit_b0(
+        (64, 64, 3),
         layerwise_depths=[1, 1, 1, 1],
-        num_layers=4,
         layerwise_num_heads=[1, 1, 1, 1],
-        layerwise_sr_ratios=[8, 4, 2, 1],
         max_drop_path_rate=0.0,
-        layerwise_patch_sizes=[7, 3, 3, 3],
-        layerwise_strides=[4, 2, 2, 2],
         hidden_dims=[8, 8, 8, 8],
-        image_shape=(64, 64, 3),
     )
     assert semantic_fpn.default_pyramid_keys(mit) == ("P1", "P2", "P3", "P4")
     model = SemanticFPNSegmenter(mit, 3, **HEAD)

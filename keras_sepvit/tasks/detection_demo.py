@@ -28,19 +28,9 @@ import keras
 import numpy as np
 
 from keras_sepvit.digit_scenes import CLASS_NAMES, NUM_CLASSES, pad_boxes
+from keras_sepvit.tasks.peers import mit_b0
 
 BACKBONES = ("sepvit_lite", "mit_b0")
-# keras-hub's MiT-B0 (SegFormer-B0's encoder), mit_b0_ade20k_512's config.
-MIT_B0 = {
-    "layerwise_depths": [2, 2, 2, 2],
-    "num_layers": 4,
-    "layerwise_num_heads": [1, 2, 5, 8],
-    "layerwise_sr_ratios": [8, 4, 2, 1],
-    "max_drop_path_rate": 0.1,
-    "layerwise_patch_sizes": [7, 3, 3, 3],
-    "layerwise_strides": [4, 2, 2, 2],
-    "hidden_dims": [32, 64, 160, 256],
-}
 # Demo defaults, tuned on training scenes only (see the README): digits are
 # 8-32 px, so anchors of 2x the stride (16..25 px at P3, 32..50 at P4).
 ANCHOR_SIZE = 2.0
@@ -51,15 +41,13 @@ SCENES = {"image_size": (64, 64), "digits_per_scene": (1, 3), "digit_scale": (2,
 
 def make_backbone(backbone_name, image_size=(128, 128), seed=0):
     """A randomly initialised pyramid backbone: "sepvit_lite" (dense) or "mit_b0"."""
-    import keras_hub
-
     if backbone_name not in BACKBONES:
         raise ValueError(
             f"`backbone_name` must be one of {BACKBONES}. Received: backbone_name={backbone_name!r}"
         )
     keras.utils.set_random_seed(seed)
     if backbone_name == "mit_b0":
-        return keras_hub.models.MiTBackbone(**MIT_B0, image_shape=(*image_size, 3))
+        return mit_b0((*image_size, 3))
     from keras_sepvit.hub import SepViTBackbone
     from keras_sepvit.model import MODEL_CONFIGS
 

@@ -17,21 +17,11 @@ import keras
 import numpy as np
 
 from keras_sepvit import digit_scenes
+from keras_sepvit.tasks.peers import mit_b0
 from keras_sepvit.tasks.semantic_fpn import SemanticFPNSegmenter, mean_iou, segmentation_loss
 
 BACKBONES = ("sepvit_lite", "mit_b0")
 SEPVIT_VARIANTS = ("lite", "tiny", "small", "base")
-# SegFormer's MiT-B0 (keras-hub's `mit_b0_ade20k_512` config, random init).
-MIT_B0 = dict(
-    layerwise_depths=[2, 2, 2, 2],
-    num_layers=4,
-    layerwise_num_heads=[1, 2, 5, 8],
-    layerwise_sr_ratios=[8, 4, 2, 1],
-    max_drop_path_rate=0.1,
-    layerwise_patch_sizes=[7, 3, 3, 3],
-    layerwise_strides=[4, 2, 2, 2],
-    hidden_dims=[32, 64, 160, 256],
-)
 # The demo's head: the paper's Semantic FPN at a quarter of the width (256 /
 # 128 channels cost most of a CPU step at this image size); the same for both.
 HEAD = dict(fpn_channels=64, head_channels=64, groups=16)
@@ -54,11 +44,7 @@ def build_backbone(name, image_size, drop_path_rate=0.1):
         }
         return SepViTBackbone(**config, drop_path_rate=drop_path_rate, image_shape=shape)
     if name == "mit_b0":
-        import keras_hub
-
-        return keras_hub.models.MiTBackbone(
-            **{**MIT_B0, "max_drop_path_rate": drop_path_rate}, image_shape=shape
-        )
+        return mit_b0(shape, max_drop_path_rate=drop_path_rate)
     names = [f"sepvit_{v}" for v in SEPVIT_VARIANTS] + ["mit_b0"]
     raise ValueError(f"`backbone` must be one of {names}. Received: backbone={name!r}")
 
