@@ -25,14 +25,12 @@ initialises detection from ImageNet.
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import ops
 
 from keras_sepvit.layers import (
     PACKAGE,
-    PositionEncoding,
     SepViTBlock,
     _static_or_dynamic,
-    gelu,
     pad_to_window,
     window_merge,
     window_partition,
@@ -78,26 +76,25 @@ class DenseSepViTBlock(SepViTBlock):
             **kwargs,
         )
 
-    def call(self, x, training=None):
+    def _attention(self, y):
+        """norm1's map (B, H, W, C) -> attention output (B, H, W, C); the residual
+        and the MLP are `SepViTBlock.call`'s."""
         ws = self.window_size
-        height, width = _static_or_dynamic(x, 1), _static_or_dynamic(x, 2)
+        height, width = _static_or_dynamic(y, 1), _static_or_dynamic(y, 2)
         grid_h, grid_w = -(-height // ws), -(-width // ws)
-        # norm1 on the zero-padded map: padded pixels become norm1.beta, as in
-        # the reference (LayerNorm of a zero vector is its bias, exactly).
-        y = self.norm1(pad_to_window(x, ws))  # (B, Hp, Wp, C)
-        windows = window_partition(y, ws)  # (B, nW, P, C)
-        batch, num_windows, channels = ops.shape(x)[0], _static_or_dynamic(windows, 1), x.shape[-1]
-        beta = ops.cast(self.norm1.beta, windows.dtype)
+        # The reference pads before norm1, so its padded pixels are norm1 of a
+        # zero vector: exactly beta (and y + 0 * beta keeps the others exact).
+        beta = ops.cast(self.norm1.beta, y.dtype)
+        padding = 1 - pad_to_window(ops.ones_like(y[:1, :, :, :1]), ws)  # (1, Hp, Wp, 1)
+        windows = window_partition(pad_to_window(y, ws) + padding * beta, ws)  # (B, nW, P, C)
+        batch, num_windows, channels = ops.shape(y)[0], _static_or_dynamic(windows, 1), y.shape[-1]
         tokens = ops.broadcast_to(
             ops.reshape(beta, (1, 1, 1, channels)), (batch, num_windows, 1, channels)
         )  # the normalised zero token: (B, nW, 1, C)
         out = self.attn(ops.concatenate([tokens, windows], axis=2))  # (B, nW, P, C)
         # attn.proj acts per token, so projecting before the crop equals the
         # reference's crop-then-project on the kept pixels.
-        out = window_merge(out, ws, grid_h, grid_w)[:, :height, :width, :]  # (B, H, W, C)
-        x = x + self.drop_path(out, training=training)
-        y = self.fc2(gelu(self.fc1(self.norm2(x))))
-        return x + self.drop_path(y, training=training)
+        return window_merge(out, ws, grid_h, grid_w)[:, :height, :width, :]  # (B, H, W, C)
 
     def get_config(self):
         config = super().get_config()
@@ -130,39 +127,24 @@ def check_dense_arguments(include_top, attention, window_token, window_represent
 def dense_stages(x, depths, channels, num_heads, window_sizes, mlp_ratio, rates, dtype=None):
     """The four stages of the dense backbone on a (B, H, W, C) tensor.
 
-    Layers are named as in the classifier (`stageS_embed_*`, `stageS_blockJ`,
-    `stageS_pos_encoding`) plus `stageS_norm` (the authors' `norm_list.S`)
-    and `stageS_output` (the normed map; `feature_pyramid` reads these).
-    `rates`: the drop path rate of every block, in order; `dtype`: the dtype
-    policy of the layers (None: the global policy). Returns the four normed
-    stage outputs, (B, ceil(H / 4), ceil(W / 4), C1) ... (B, ceil(H / 32),
-    ceil(W / 32), C4).
+    `keras_sepvit.model.build_stages` with `DenseSepViTBlock`s and the
+    per-stage norm `stageS_norm` (the authors' `norm_list.S`), so every
+    stage output is normed. `rates`: the drop path rate of every block, in
+    order; `dtype`: the dtype policy of the layers (None: the global policy).
     """
-    from keras_sepvit.layers import LayerNorm
-    from keras_sepvit.model import patch_embedding
+    from keras_sepvit.model import build_stages
 
-    outputs = []
-    block_index = 0
-    for stage in range(len(depths)):
-        prefix = f"stage{stage + 1}"
-        # (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride), C_stage)
-        x = patch_embedding(x, stage, channels[stage], dtype=dtype)
-        for j in range(depths[stage]):
-            x = DenseSepViTBlock(
-                num_heads[stage],
-                window_size=window_sizes[stage][j],
-                mlp_ratio=mlp_ratio,
-                drop_path_rate=rates[block_index],
-                name=f"{prefix}_block{j + 1}",
-                dtype=dtype,
-            )(x)
-            block_index += 1
-            if j == 0:
-                x = PositionEncoding(name=f"{prefix}_pos_encoding", dtype=dtype)(x)
-        x = LayerNorm(epsilon=1e-6, name=f"{prefix}_norm", dtype=dtype)(x)
-        x = layers.Identity(name=f"{prefix}_output", dtype=dtype)(x)
-        outputs.append(x)
-    return outputs
+    def make_block(stage, j, block_index):
+        return DenseSepViTBlock(
+            num_heads[stage],
+            window_size=window_sizes[stage][j],
+            mlp_ratio=mlp_ratio,
+            drop_path_rate=rates[block_index],
+            name=f"stage{stage + 1}_block{j + 1}",
+            dtype=dtype,
+        )
+
+    return build_stages(x, depths, channels, make_block, stage_norm=True, dtype=dtype)
 
 
 def _classifier_state(classifier):

@@ -315,6 +315,35 @@ def patch_embedding(x, stage, channels, dtype=None):
     return LayerNorm(epsilon=1e-5, name=f"{prefix}_embed_norm", dtype=dtype)(x)
 
 
+def build_stages(x, depths, channels, make_block, stage_norm=False, dtype=None):
+    """The four stages of a SepViT on a (B, H, W, C) tensor, for any block kind.
+
+    Per stage: the patch embedding (`stageS_embed_*`), the blocks
+    `make_block(stage, j, block_index)` named `stageS_blockJ` (`block_index`
+    counts blocks over all stages), the position encoding after the first
+    (`stageS_pos_encoding`), with `stage_norm` a LayerNorm (`stageS_norm`),
+    and `stageS_output` (the map `feature_pyramid` reads). Returns the four
+    stage outputs, (B, ceil(H / 4), ceil(W / 4), C1) ... (B, ceil(H / 32),
+    ceil(W / 32), C4).
+    """
+    outputs = []
+    block_index = 0
+    for stage in range(len(depths)):
+        prefix = f"stage{stage + 1}"
+        # (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride), C_stage)
+        x = patch_embedding(x, stage, channels[stage], dtype=dtype)
+        for j in range(depths[stage]):
+            x = make_block(stage, j, block_index)(x)
+            block_index += 1
+            if j == 0:
+                x = PositionEncoding(name=f"{prefix}_pos_encoding", dtype=dtype)(x)
+        if stage_norm:
+            x = LayerNorm(epsilon=1e-6, name=f"{prefix}_norm", dtype=dtype)(x)
+        x = layers.Identity(name=f"{prefix}_output", dtype=dtype)(x)
+        outputs.append(x)
+    return outputs
+
+
 def classifier_stages(
     x,
     depths,
@@ -328,42 +357,30 @@ def classifier_stages(
     window_representation="token",
     dtype=None,
 ):
-    """The four stages of the classifier on a (B, H, W, C) tensor.
+    """The four stages of the classifier on a (B, H, W, C) tensor (`build_stages`).
 
-    Layers `stageS_embed_*`, `stageS_blockJ`, `stageS_pos_encoding` and
-    `stageS_output` (the stage's map; `feature_pyramid` reads these), named
-    as the authors' `patch_embeds.S`, `blocks.S.J`, `pos_block.S`. `rates`:
-    the drop path rate of every block, in order. Returns the four stage
-    outputs, (B, ceil(H / 4), ceil(W / 4), C1) ... (B, ceil(H / 32),
-    ceil(W / 32), C4).
+    Layers are named as the authors' `patch_embeds.S`, `blocks.S.J`,
+    `pos_block.S`. `rates`: the drop path rate of every block, in order.
     """
-    outputs = []
-    block_index = 0
-    for stage in range(len(depths)):
-        x = patch_embedding(x, stage, channels[stage], dtype=dtype)
-        prefix = f"stage{stage + 1}"
-        for j in range(depths[stage]):
-            kind, grid = block_attention(stage, window_sizes[stage][j])
-            if attention == "global":
-                kind, grid = "global", None
-            x = SepViTBlock(
-                num_heads[stage],
-                window_size=window_sizes[stage][j],
-                attention=kind,
-                token_grid=grid,
-                window_token=window_token,
-                window_representation=window_representation,
-                mlp_ratio=mlp_ratio,
-                drop_path_rate=rates[block_index],
-                name=f"{prefix}_block{j + 1}",
-                dtype=dtype,
-            )(x)
-            block_index += 1
-            if j == 0:
-                x = PositionEncoding(name=f"{prefix}_pos_encoding", dtype=dtype)(x)
-        x = layers.Identity(name=f"{prefix}_output", dtype=dtype)(x)
-        outputs.append(x)
-    return outputs
+
+    def make_block(stage, j, block_index):
+        kind, grid = block_attention(stage, window_sizes[stage][j])
+        if attention == "global":
+            kind, grid = "global", None
+        return SepViTBlock(
+            num_heads[stage],
+            window_size=window_sizes[stage][j],
+            attention=kind,
+            token_grid=grid,
+            window_token=window_token,
+            window_representation=window_representation,
+            mlp_ratio=mlp_ratio,
+            drop_path_rate=rates[block_index],
+            name=f"stage{stage + 1}_block{j + 1}",
+            dtype=dtype,
+        )
+
+    return build_stages(x, depths, channels, make_block, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_sepvit")
