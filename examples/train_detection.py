@@ -527,20 +527,14 @@ def build_detector(args, num_classes):
 
 
 def steps_per_epoch(args, source):
-    if args.steps_per_epoch is not None:
-        return args.steps_per_epoch
-    if source.size is None:
-        raise SystemExit(
-            f"error: the size of the training split of {args.dataset!r} is unknown: pass "
-            "--steps-per-epoch"
+    from keras_sepvit import training
+
+    try:
+        return training.epoch_steps(
+            source.size, args.batch_size, args.steps_per_epoch, where=f" of {args.dataset!r}"
         )
-    if source.size < args.batch_size:
-        raise SystemExit(
-            f"error: --batch-size {args.batch_size} is larger than the training split "
-            f"({source.size} images), so an epoch would have no step. Use --batch-size "
-            f"{source.size} or less."
-        )
-    return source.size // args.batch_size
+    except training.TrainingError as e:
+        raise SystemExit(f"error: {e}") from e
 
 
 def make_evaluation_callback(detector_source, args):

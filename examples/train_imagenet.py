@@ -206,22 +206,17 @@ def load_data(args, split, class_names=None):
 
 def training_steps(args, split):
     """Steps per epoch; refuses a batch larger than the training split before training."""
-    from keras_sepvit import data
+    from keras_sepvit import training
 
-    if args.steps_per_epoch is not None:
-        return args.steps_per_epoch
-    if split.num_examples is None:
-        raise SystemExit(
-            f"error: the size of {args.dataset!r} split {args.train_split!r} is unknown: "
-            "pass --steps-per-epoch"
+    try:
+        return training.epoch_steps(
+            split.num_examples,
+            args.batch_size,
+            args.steps_per_epoch,
+            where=f" in {args.dataset!r} {args.train_split!r}",
         )
-    if split.num_examples < args.batch_size:
-        raise SystemExit(
-            f"error: --batch-size {args.batch_size} is larger than the training split "
-            f"({split.num_examples} examples in {args.dataset!r} {args.train_split!r}), so an "
-            f"epoch would have no step. Use --batch-size {split.num_examples} or less."
-        )
-    return data.steps_per_epoch(split.num_examples, args.batch_size)
+    except training.TrainingError as e:
+        raise SystemExit(f"error: {e}") from e
 
 
 def main(argv=None):

@@ -206,6 +206,7 @@ def compile_model(model, args, total_steps):
 
 
 def load_data(args, initial_epoch, epochs):
+    from keras_sepvit import training
     from keras_sepvit.tasks import segmentation_data as sd
 
     if args.digit_scenes:
@@ -215,12 +216,10 @@ def load_data(args, initial_epoch, epochs):
         train = sd.load_split(args.dataset, args.train_split, args.data_dir)
         val = sd.load_split(args.dataset, args.val_split, args.data_dir)
         augment = dict(base_scale=(4 * args.crop_size, args.crop_size))
-    if train.num_examples < args.batch_size:
-        raise SystemExit(
-            f"error: --batch-size {args.batch_size} is larger than the training split "
-            f"({train.num_examples} examples), so an epoch would have no step. "
-            f"Use --batch-size {train.num_examples} or less."
-        )
+    try:  # an epoch of at least one step
+        training.epoch_steps(train.num_examples, args.batch_size)
+    except training.TrainingError as e:
+        raise SystemExit(f"error: {e}") from e
     reduce = args.reduce_zero_label == "yes"
     train_ds = sd.train_dataset(
         train,

@@ -643,6 +643,29 @@ def training_callbacks(directory, monitor="val_accuracy", tensorboard=True):
     return callbacks
 
 
+def epoch_steps(num_examples, batch_size, steps_per_epoch=None, where=""):
+    """Steps per epoch for the training scripts, checked before any training.
+
+    `steps_per_epoch` when given, else the full batches of `num_examples`.
+    Raises `TrainingError` naming the flag to change when the size of the
+    training split is unknown (None) or smaller than one batch. `where`
+    describes the split in the message (e.g. " in 'digits' 'train'").
+    """
+    if steps_per_epoch is not None:
+        return steps_per_epoch
+    if num_examples is None:
+        raise TrainingError(
+            f"the size of the training split{where} is unknown: pass --steps-per-epoch"
+        )
+    if num_examples < batch_size:
+        raise TrainingError(
+            f"--batch-size {batch_size} is larger than the training split ({num_examples} "
+            f"examples{where}), so an epoch would have no step. Use --batch-size "
+            f"{num_examples} or less."
+        )
+    return num_examples // batch_size
+
+
 def check_run(directory, resume=False, overwrite=False):
     """Refuses, before any work, to train into a `directory` that holds a run.
 
