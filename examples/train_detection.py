@@ -4,6 +4,7 @@
         --backbone sepvit_tiny_dense --out runs/retinanet_t
     python examples/train_detection.py --dataset /data/my_coco_folder --out runs/det
     python examples/train_detection.py --digit-scenes --out runs/det_digits   # offline, CPU
+    python examples/train_detection.py ... --init-from sepvit_t.keras   # from a classifier
     python examples/train_detection.py ... --resume          # continue where it stopped
     python examples/train_detection.py ... --overwrite       # start --out over (deletes its run)
 
@@ -71,6 +72,11 @@ def parse_args(argv=None):
         default="sepvit_tiny_dense",
         help="SepViTBackbone preset (sepvit_lite_dense, sepvit_tiny_dense, ...), 'mit_b0', or a "
         "keras-hub preset folder",
+    )
+    a(
+        "--init-from",
+        default=None,
+        help="SepViT classifier for the backbone (.keras, .weights.h5, or the authors' .pth/.npz)",
     )
     a("--out", default="runs/detection", help="checkpoints and log")
     a("--resume", action="store_true", help="continue from --out (weights, optimizer, epoch)")
@@ -513,8 +519,21 @@ def build_detector(args, num_classes):
             backbone = SepViTBackbone.from_preset(args.backbone, image_shape=(side, side, 3))
         except ValueError as e:
             raise SystemExit(f"error: --backbone {args.backbone}: {e}") from e
-    else:
-        backbone = args.backbone  # a keras-hub preset name or folder
+    else:  # a keras-hub preset name or folder
+        import keras_hub
+
+        backbone = keras_hub.models.Backbone.from_preset(args.backbone)
+    if args.init_from:  # the paper starts from an ImageNet classifier
+        from keras_sepvit.dense import load_classifier_weights
+
+        if not hasattr(backbone, "dense"):
+            raise SystemExit(
+                f"error: --init-from needs a SepViT backbone. Received: --backbone {args.backbone}"
+            )
+        try:
+            load_classifier_weights(backbone, args.init_from)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"error: --init-from {args.init_from}: {e}") from e
     return sepvit_retinanet(
         backbone,
         num_classes,

@@ -149,7 +149,10 @@ def build_model(args):
             raise SystemExit(f"error: --init-from needs a SepViT backbone, not {args.backbone}")
         from keras_sepvit.dense import load_classifier_weights
 
-        load_classifier_weights(backbone, _classifier(args))
+        try:
+            load_classifier_weights(backbone, args.init_from)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"error: --init-from {args.init_from}: {e}") from e
     if args.head == "deeplabv3":
         from keras_sepvit.tasks.deeplab import deeplabv3_segmenter
 
@@ -167,22 +170,6 @@ def build_model(args):
         dropout=args.dropout,
         compile=False,
     )
-
-
-def _classifier(args):
-    path = args.init_from
-    if path.endswith(".keras"):
-        import keras
-
-        return keras.saving.load_model(path)
-    if path.endswith(".weights.h5"):
-        import keras_sepvit
-
-        variant = args.backbone.split("_")[1]
-        model = keras_sepvit.model.VARIANTS[variant](input_shape=(224, 224, 3))
-        model.load_weights(path)
-        return model
-    return path  # the authors' state dict (.pth / .npz)
 
 
 def compile_model(model, args, total_steps):

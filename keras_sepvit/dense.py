@@ -23,6 +23,8 @@ Base) builds it; `keras_sepvit.feature_pyramid(model)` gives P2..P5;
 initialises detection from ImageNet.
 """
 
+import os
+
 import keras
 import numpy as np
 from keras import ops
@@ -157,6 +159,42 @@ def _classifier_state(classifier):
     }
 
 
+def _read_classifier(path, model):
+    """A saved keras_sepvit classifier (`.keras`, `.weights.h5`) as a model;
+    any other path is returned (the authors' state dict, read later)."""
+    if not path.endswith((".keras", ".weights.h5")):
+        return path
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No classifier file at {path!r}.")
+    if path.endswith(".keras"):
+        return keras.saving.load_model(path, compile=False)
+    config = getattr(model, "get_config", dict)()
+    if "depths" not in config:
+        raise ValueError(
+            f"A `.weights.h5` holds no architecture, and {model.name!r} does not say which "
+            "classifier wrote it: pass the classifier model itself or its `.keras` file. "
+            f"Received: classifier={path!r}"
+        )
+    import h5py
+
+    from keras_sepvit.model import SepViT
+    from keras_sepvit.weight_files import load_weights
+
+    with h5py.File(path, "r") as f:
+        head = f.get("layers/dense/vars/1")  # the classifier's only top-level Dense
+        classes = None if head is None else int(head.shape[0])
+    classifier = SepViT(
+        **{k: config[k] for k in ("depths", "channels", "num_heads", "window_sizes")},
+        mlp_ratio=config.get("mlp_ratio", 4.0),
+        include_top=classes is not None,
+        classes=classes or 1000,
+        input_shape=(None, None, 3),
+        name="classifier",
+    )
+    load_weights(classifier, path)  # refuses a file that does not fit, naming why
+    return classifier
+
+
 def load_classifier_weights(model, classifier, verbose=True):
     """Initialises a dense backbone from a SepViT classifier of the same variant.
 
@@ -176,8 +214,10 @@ def load_classifier_weights(model, classifier, verbose=True):
 
     Args:
         model: a dense backbone (`SepViT*(include_top=False, dense=True)`).
-        classifier: a keras_sepvit classifier model, or the path (or dict) of
-            the authors' classifier state dict (`.npz`, `.pth`).
+        classifier: a keras_sepvit classifier model; the path of a saved one
+            (`.keras`, or `.weights.h5` when `model` is a `SepViTBackbone`,
+            whose config builds the classifier); or the path (or dict) of the
+            authors' classifier state dict (`.npz`, `.pth`).
         verbose: bool. Print the report. Defaults to True.
 
     Raises:
@@ -190,6 +230,8 @@ def load_classifier_weights(model, classifier, verbose=True):
     """
     from keras_sepvit.convert import _check_tensor, official_weight_map, read_state_dict
 
+    if isinstance(classifier, (str, os.PathLike)):
+        classifier = _read_classifier(os.fspath(classifier), model)
     if isinstance(classifier, keras.Model):
         state = _classifier_state(classifier)
     elif isinstance(classifier, dict):

@@ -110,6 +110,30 @@ def test_coco_folder_resume(script, backbone_preset, folder_run, capsys):
     assert [row["epoch"] for row in state["history"]] == [0, 1]
 
 
+def test_init_from_a_classifier(script, backbone_preset, folder_run, tmp_path, capsys):
+    """--init-from copies a SepViT classifier into the backbone (the paper's
+    ImageNet initialisation) and reports what is new."""
+    import keras_sepvit
+
+    root, _, _, _ = folder_run
+    keras.utils.set_random_seed(3)
+    classifier = keras_sepvit.SepViT(**TINY, include_top=True, classes=4, weights=None)
+    path = str(tmp_path / "classifier.keras")
+    classifier.save(path)
+    run = small_run(root, tmp_path / "run", backbone_preset, "--init-from", path)
+    args = script.parse_args(run)
+    detector = script.build_detector(args, 3)
+    assert "New (initialised as the authors' _init_weights)" in capsys.readouterr().out
+    encoder = detector.backbone.image_encoder
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(encoder.get_layer("stage1_embed_conv").kernel),
+        keras.ops.convert_to_numpy(classifier.get_layer("stage1_embed_conv").kernel),
+    )
+    args.init_from = str(tmp_path / "missing.keras")
+    with pytest.raises(SystemExit, match="--init-from .*missing.keras"):
+        script.build_detector(args, 3)
+
+
 def test_evaluation_maps_categories_back_to_the_files_ids(script, tmp_path):
     """Perfect 'detections' through the script's evaluation score 1: the label
     -> category id mapping and the rescaling to the original size are right."""

@@ -190,19 +190,42 @@ def test_reference_parity(reference_files, preset, io_file, weights_file):
     np.testing.assert_array_equal(_numpy(backbone(io["input_nhwc"])), _numpy(got["P5"]))
 
 
-def test_load_classifier_weights_into_backbone():
+@pytest.mark.parametrize("source", ["model", ".keras", ".weights.h5"])
+def test_load_classifier_weights_into_backbone(source, tmp_path):
     """`keras_sepvit.dense.load_classifier_weights` fills a dense SepViTBackbone
-    from a keras_sepvit classifier of the same config."""
+    from a keras_sepvit classifier of the same config, or from its saved file
+    (a `.weights.h5` is read into a classifier built from the backbone's config)."""
     from keras_sepvit.dense import load_classifier_weights
 
+    keras.utils.set_random_seed(1)
     classifier = keras_sepvit.SepViT(**SMALL, include_top=True, classes=5, weights=None)
+    given = classifier
+    if source != "model":
+        given = str(tmp_path / f"classifier{source}")
+        classifier.save(given) if source == ".keras" else classifier.save_weights(given)
     backbone = SepViTBackbone(**SMALL)
-    report = load_classifier_weights(backbone, classifier, verbose=False)
+    report = load_classifier_weights(backbone, given, verbose=False)
     assert "norm_list.0.weight" in report["new"] and "head.weight" in report["unused"]
     np.testing.assert_array_equal(
         _numpy(backbone.get_layer("stage2_block1").fc1.kernel),
         _numpy(classifier.get_layer("stage2_block1").fc1.kernel),
     )
+
+
+def test_load_classifier_weights_refuses_files_that_do_not_fit(tmp_path):
+    from keras_sepvit.dense import load_classifier_weights
+
+    other = dict(SMALL, channels=tuple(2 * c for c in SMALL["channels"]))
+    path = str(tmp_path / "wider.weights.h5")
+    keras_sepvit.SepViT(**other, include_top=True, classes=3, weights=None).save_weights(path)
+    backbone = SepViTBackbone(**SMALL)
+    before = [_numpy(w) for w in backbone.weights]
+    with pytest.raises(ValueError, match="wider.weights.h5"):
+        load_classifier_weights(backbone, path, verbose=False)
+    with pytest.raises(FileNotFoundError, match="missing.keras"):
+        load_classifier_weights(backbone, str(tmp_path / "missing.keras"), verbose=False)
+    for old, weight in zip(before, backbone.weights):
+        np.testing.assert_array_equal(old, _numpy(weight))  # nothing was changed
 
 
 def test_preset_round_trip(tmp_path):

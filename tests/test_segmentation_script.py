@@ -183,3 +183,24 @@ def test_bad_arguments_are_refused(script, argv, message, capsys):
     with pytest.raises(SystemExit):
         script.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_init_from_a_saved_classifier(script, tmp_path, capsys):
+    """--init-from a `.weights.h5` classifier: read into a classifier of the
+    backbone's config, copied into the backbone, the new tensors reported."""
+    import keras_sepvit
+
+    keras.utils.set_random_seed(2)
+    classifier = keras_sepvit.SepViT(**TINY, include_top=True, classes=6, weights=None)
+    path = str(tmp_path / "classifier.weights.h5")
+    classifier.save_weights(path)
+    args = script.parse_args([*DIGITS, "--init-from", path, "--out", str(tmp_path / "run")])
+    model = script.build_model(args)
+    assert "Unused classifier tensors" in capsys.readouterr().out
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.backbone.get_layer("stage3_block1").fc2.kernel),
+        keras.ops.convert_to_numpy(classifier.get_layer("stage3_block1").fc2.kernel),
+    )
+    args.backbone = "mit_b0"
+    with pytest.raises(SystemExit, match="--init-from needs a SepViT backbone"):
+        script.build_model(args)
