@@ -8,6 +8,13 @@ E-level lines that are harmless here and alarming to read:
   convolution, bias and residual add into one kernel that this CPU build
   lacks, reports it as an error, and runs the unfused graph. Turning the
   remapper off runs the same graph without the failed attempt.
+
+The remapper setting is process-wide, and it is not neutral for every graph:
+with it off, keras-hub's `RetinaNetObjectDetector.predict` (graph-mode NMS)
+returned other boxes than eager decoding of the same outputs (55 vs 62 on a
+test detector), while with it on both agree. Our scripts decode eagerly
+(`keras_sepvit.tasks.retinanet.detect`), so their results do not depend on
+it; call this only in a program's `main()`, never from library code.
 """
 
 import os
