@@ -643,10 +643,10 @@ def main(argv=None):
         )
     except training.TrainingError as e:
         raise SystemExit(f"error: {e}") from e
-    summary = training.run_summary(args.out, args.epochs, also=("val_map50",))
+    state = training.read_state(args.out)
+    summary = training.run_summary(state, args.out, args.epochs, also=("val_map50",))
     if summary:
         print(summary)
-    state = training.read_state(args.out)
     return state
 
 

@@ -332,7 +332,7 @@ def main(argv=None):
             )
         except training.TrainingError as e:
             raise SystemExit(f"error: {e}") from e
-    summary = training.run_summary(args.out, args.epochs)
+    summary = training.run_summary(training.read_state(args.out), args.out, args.epochs)
     if summary and chief:
         print(summary)
     return history, initial_epoch

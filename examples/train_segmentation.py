@@ -274,7 +274,7 @@ def main(argv=None):
         history, initial_epoch = fit(model, args, epochs)
     except training.TrainingError as e:
         raise SystemExit(f"error: {e}") from e
-    summary = training.run_summary(args.out, epochs)
+    summary = training.run_summary(training.read_state(args.out), args.out, epochs)
     if summary:
         print(summary)
     return history, initial_epoch

@@ -663,7 +663,23 @@ def epoch_steps(num_examples, batch_size, steps_per_epoch=None, where=""):
             f"examples{where}), so an epoch would have no step. Use --batch-size "
             f"{num_examples} or less."
         )
-    return num_examples // batch_size
+    from keras_sepvit.data import steps_per_epoch as full_batches
+
+    return full_batches(num_examples, batch_size)
+
+
+def _refuse_existing_run(directory, resume, overwrite):
+    """RunExistsError when `directory` holds a run and neither flag was given
+    (ValueError for both flags)."""
+    if resume and overwrite:
+        raise ValueError("Pass `resume=True` or `overwrite=True`, not both.")
+    found = existing_run(directory)
+    if found and not (resume or overwrite):
+        raise RunExistsError(
+            f"{directory} already holds a training run ({', '.join(found)}). Continue it with "
+            "--resume (resume=True), or start over with --overwrite (overwrite=True), which "
+            "deletes its checkpoints and log; or choose another --out."
+        )
 
 
 def check_run(directory, resume=False, overwrite=False):
@@ -678,15 +694,7 @@ def check_run(directory, resume=False, overwrite=False):
         RunExistsError: `directory` holds a run and neither flag was given.
         CheckpointError: the checkpoint to resume is damaged.
     """
-    if resume and overwrite:
-        raise ValueError("Pass `resume=True` or `overwrite=True`, not both.")
-    found = existing_run(directory)
-    if found and not (resume or overwrite):
-        raise RunExistsError(
-            f"{directory} already holds a training run ({', '.join(found)}). Continue it with "
-            "--resume (resume=True), or start over with --overwrite (overwrite=True), which "
-            "deletes its checkpoints and log; or choose another --out."
-        )
+    _refuse_existing_run(directory, resume, overwrite)
     if resume:
         read_state(directory)
 
@@ -699,7 +707,7 @@ def prepare_run(model, directory, resume=False, overwrite=False):
     rewrites `log.csv` from its committed history. In a cluster only the
     chief deletes and writes; every worker restores.
     """
-    check_run(directory, resume, overwrite)
+    _refuse_existing_run(directory, resume, overwrite)  # `restore` verifies the checkpoint
     chief = is_chief()
     if overwrite and chief:
         clear_run(directory)
@@ -712,11 +720,10 @@ def prepare_run(model, directory, resume=False, overwrite=False):
     return initial_epoch
 
 
-def run_summary(directory, epochs, also=()):
-    """One line on the committed run in `directory` (None when it has no checkpoint):
-    epoch, the monitored metric (and the metrics named in `also`), the best
-    value and where the files are."""
-    state = read_state(directory)
+def run_summary(state, directory, epochs, also=()):
+    """One line on a committed run: `state` (`read_state(directory)`; None
+    gives None), its epoch, the monitored metric (and the metrics named in
+    `also`), the best value and where the files are."""
     if state is None:
         return None
     monitor = state["monitor"]
@@ -767,7 +774,7 @@ def fit(
         NonFiniteError: the loss became NaN/inf (nothing of that epoch is saved).
         CheckpointWriteError: a checkpoint could not be written (e.g. disk full).
     """
-    check_run(directory, resume, overwrite)  # before compiling
+    _refuse_existing_run(directory, resume, overwrite)  # before compiling
     model.compile(
         optimizer,
         keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
