@@ -17,7 +17,6 @@ zero-initialised window tokens and biases are perturbed.
 """
 
 import argparse
-import importlib.util
 import os
 import platform
 import tempfile
@@ -27,14 +26,6 @@ import numpy as np
 
 SEPVIT_MODES = ("float32", "dynamic", "int8", "int8-full")
 PEER_MODES = ("float32", "int8-full")
-
-
-def _profile_tool():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tflite_profile.py")
-    spec = importlib.util.spec_from_file_location("tflite_profile", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _models(size, peers):
@@ -88,8 +79,8 @@ def main(argv=None):
     import tensorflow as tf
 
     from keras_sepvit.export import TFLiteRunner, to_tflite
+    from keras_sepvit.export.profiling import xnnpack_delegation
 
-    profile = _profile_tool()
     rng = np.random.default_rng(1)
     images = rng.uniform(0, 255, (args.calibration, args.size, args.size, 3)).astype("float32")
     runners, delegation = {}, {}
@@ -104,7 +95,7 @@ def main(argv=None):
                     sample_inputs=images[:1],
                     min_agreement=0,  # random weights: top-1 agreement means nothing
                 )
-                delegation[name, mode] = profile.xnnpack_delegation(path)
+                delegation[name, mode] = xnnpack_delegation(path)
                 for t in threads:
                     runners[name, mode, t] = TFLiteRunner(path, num_threads=t)
         results = time_interleaved(runners, images[:1], args.runs)

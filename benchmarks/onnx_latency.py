@@ -5,7 +5,7 @@
 
 SepViT-Lite vs PVTv2-b0 (the paper's Lite comparator, Table 8) and SepViT-T
 vs Swin-T and PVTv2-b2. SepViT is exported with `keras_sepvit.export.to_onnx`
-(tf2onnx, then `keras_sepvit.onnx_graph`'s rewrites) with a static batch of
+(tf2onnx, then `keras_sepvit.export.onnx_graph`'s rewrites) with a static batch of
 1, as `torch.onnx.export` writes the peers: Hugging Face `transformers` image
 classifiers built from their configs (1000 classes). All weights are random;
 SepViT's get small noise on top of Keras' initialisers, so that its zero

@@ -1,6 +1,6 @@
 """Dense-prediction demo: SepViT-Lite vs. MiT-B0 on digit scenes, detection and segmentation.
 
-Digit scenes (`keras_sepvit.digit_scenes`: real handwritten digits from
+Digit scenes (`keras_sepvit.data.digit_scenes`: real handwritten digits from
 scikit-learn, no download, pasted on noisy canvases with boxes and masks;
 held-out scenes use scans no training scene uses) train, from random
 initialisation and with the same budget per task:
@@ -44,8 +44,8 @@ def parse_args(argv=None):
 
 
 def _detection(quick, seed):
-    from keras_sepvit.digit_scenes import make_digit_scenes
-    from keras_sepvit.tasks import detection_demo
+    from keras_sepvit.data.digit_scenes import make_digit_scenes
+    from keras_sepvit.demos import detection as detection_demo
 
     scenes = detection_demo.SCENES  # 64x64, 1-3 digits of 16-24 px
     train = make_digit_scenes(64 if quick else 2400, **scenes, split="train", seed=seed)
@@ -73,7 +73,7 @@ def _detection(quick, seed):
 
 
 def _segmentation(quick, seed):
-    from keras_sepvit.tasks import segmentation_demo
+    from keras_sepvit.demos import segmentation as segmentation_demo
 
     # 64x64, 1-3 digits of 24-32 px (segmentation_demo.SCENES)
     data = segmentation_demo.make_data(
@@ -114,13 +114,13 @@ def draw(path, detector, segmenter, test_scenes, seg_data, count=4):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from keras_sepvit.tasks.detection_demo import draw_detections, predict_detections
+    from keras_sepvit.demos.detection import draw_detections, predict_detections
 
     images = test_scenes["images"][:count]
     found = predict_detections(detector, images)
     seg_images, seg_masks = seg_data["test"]
     predicted = np.argmax(segmenter.predict(seg_images[:count], verbose=0), axis=-1)
-    from keras_sepvit.model import IMAGENET_MEAN, IMAGENET_STD
+    from keras_sepvit.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
     # The segmentation scenes are stored normalised: back to pixels for the picture.
     pixels = np.clip((seg_images[:count] * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255)

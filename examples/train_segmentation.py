@@ -140,14 +140,14 @@ def parse_args(argv=None):
 
 def build_model(args):
     """The segmenter of --head on --backbone, uncompiled."""
-    from keras_sepvit.tasks.segmentation_demo import build_backbone
+    from keras_sepvit.demos import backbones
 
     drop_path = DROP_PATH.get(args.backbone, 0.1) if args.drop_path is None else args.drop_path
-    backbone = build_backbone(args.backbone, args.crop_size, drop_path_rate=drop_path)
+    backbone = backbones.build_backbone(args.backbone, args.crop_size, drop_path_rate=drop_path)
     if args.init_from:
         if not args.backbone.startswith("sepvit"):
             raise SystemExit(f"error: --init-from needs a SepViT backbone, not {args.backbone}")
-        from keras_sepvit.dense import load_classifier_weights
+        from keras_sepvit.convert import load_classifier_weights
 
         try:
             load_classifier_weights(backbone, args.init_from)
@@ -176,8 +176,8 @@ def compile_model(model, args, total_steps):
     import keras
 
     from keras_sepvit import training
-    from keras_sepvit.tasks.segmentation_demo import PolyDecay
-    from keras_sepvit.tasks.semantic_fpn import mean_iou, segmentation_loss
+    from keras_sepvit.tasks.segmentation_losses import mean_iou, segmentation_loss
+    from keras_sepvit.training.schedules import PolyDecay
 
     optimizer = keras.optimizers.AdamW(
         PolyDecay(args.lr, total_steps, warmup_steps=args.warmup_steps),
@@ -194,7 +194,7 @@ def compile_model(model, args, total_steps):
 
 def load_data(args, initial_epoch, epochs):
     from keras_sepvit import training
-    from keras_sepvit.tasks import segmentation_data as sd
+    from keras_sepvit.data import segmentation as sd
 
     if args.digit_scenes:
         train, val = sd.digit_scene_splits(args.num_train, args.num_test, args.crop_size, args.seed)
@@ -203,10 +203,7 @@ def load_data(args, initial_epoch, epochs):
         train = sd.load_split(args.dataset, args.train_split, args.data_dir)
         val = sd.load_split(args.dataset, args.val_split, args.data_dir)
         augment = dict(base_scale=(4 * args.crop_size, args.crop_size))
-    try:  # an epoch of at least one step
-        training.epoch_steps(train.num_examples, args.batch_size)
-    except training.TrainingError as e:
-        raise SystemExit(f"error: {e}") from e
+    training.epoch_steps(train.num_examples, args.batch_size)  # an epoch of at least one step
     reduce = args.reduce_zero_label == "yes"
     train_ds = sd.train_dataset(
         train,
@@ -261,19 +258,18 @@ def main(argv=None):
     import keras
 
     from keras_sepvit import training
+    from keras_sepvit.data import DataError
+    from keras_sepvit.training.cli import exit_on_error
 
-    try:  # before any work: an existing run needs --resume/--overwrite; a damaged one is refused
+    # Before any work: an existing run needs --resume/--overwrite; a damaged one is refused.
+    with exit_on_error():
         training.check_run(args.out, args.resume, args.overwrite)
-    except training.TrainingError as e:
-        raise SystemExit(f"error: {e}") from e
     keras.utils.set_random_seed(args.seed)
     epochs = args.iterations // args.steps_per_epoch
     model = build_model(args)
     compile_model(model, args, args.iterations)
-    try:
+    with exit_on_error(DataError):
         history, initial_epoch = fit(model, args, epochs)
-    except training.TrainingError as e:
-        raise SystemExit(f"error: {e}") from e
     summary = training.run_summary(training.read_state(args.out), args.out, epochs)
     if summary:
         print(summary)

@@ -6,7 +6,7 @@
 Writes float32 / float16 / dynamic-range / int8 (attention internals float)
 / int8-full (full integer) / int16x8 TFLite files (builtin ops only), an
 int8 file after quantization-aware fine-tuning
-(int8-qat: `keras_sepvit.qat`, --qat-epochs on the digits training split)
+(int8-qat: `keras_sepvit.export.qat`, --qat-epochs on the digits training split)
 and ONNX files (onnx: float32, onnx-int8: QDQ from ONNX Runtime's static
 quantization; static batch 1), each loaded back and checked, then prints
 and saves (report.md, report.json) a table: file size, max |output
@@ -18,19 +18,17 @@ the evaluation pipeline.
 """
 
 import argparse
-import json
 import os
 import sys
-
-import numpy as np
 
 # Before TensorFlow loads: its C++ log lines (keras_sepvit.tf_logging says why).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-FORMATS = (
-    "float32", "float16", "dynamic", "int8", "int8-full", "int16x8", "int8-qat", "onnx", "onnx-int8"
-)  # fmt: skip
-DEFAULT_FORMATS = FORMATS
+import numpy as np  # noqa: E402
+
+from keras_sepvit.export import report  # noqa: E402
+
+FORMATS = report.FORMATS
 
 
 def parse_args(argv=None):
@@ -39,9 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--variant", default="lite", choices=["lite", "tiny", "small", "base"])
     p.add_argument("--image-size", type=int, default=None, help="input side of a fresh model")
     p.add_argument("--out", default="runs/export", help="output folder")
-    p.add_argument(
-        "--formats", default=",".join(DEFAULT_FORMATS), help=f"comma-separated, from {FORMATS}"
-    )
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {FORMATS}")
     p.add_argument(
         "--heldout",
         default="digits",
@@ -86,7 +82,6 @@ def main(argv=None):
     import keras
     import tensorflow as tf
 
-    from keras_sepvit import export
     from keras_sepvit.model import VARIANTS
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -104,22 +99,11 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     test_x, test_y, calibration = heldout_data(args, image_size)
     keras_out = np.asarray(model.predict(test_x, verbose=0))
-
     rows = []
 
-    def row(name, path, outputs, runner_for_threads, size_mb=None):
-        single = test_x[:1]
-        row = {
-            "format": name,
-            "file": path,
-            "size_mb": size_mb if size_mb is not None else os.path.getsize(path) / 1e6,
-            "max_abs_diff": float(np.abs(outputs - keras_out).max()),
-            "top1_agreement": float((outputs.argmax(-1) == keras_out.argmax(-1)).mean()),
-            "accuracy": None if test_y is None else float((outputs.argmax(-1) == test_y).mean()),
-            "latency_ms_1t": export.median_latency_ms(runner_for_threads(1), single, args.runs),
-            "latency_ms_2t": export.median_latency_ms(runner_for_threads(2), single, args.runs),
-        }
-        rows.append(row)
+    def row(name, path, outputs, run_with_threads, size_mb=None):
+        rows.append(report.report_row(name, path, outputs, run_with_threads, keras_out, test_y,
+                                      test_x[:1], args.runs, size_mb))  # fmt: skip
         print(f"  {name}: done", flush=True)
 
     # The Keras row is the reference: its size is the float32 parameters (a
@@ -130,12 +114,26 @@ def main(argv=None):
         size_mb=4 * model.count_params() / 1e6)  # fmt: skip
     failures = {}
     for fmt in formats:
-        try:
-            _export_one(fmt, model, args, test_x, calibration, row, export)
-        except RuntimeError as err:  # one format failing does not lose the others
+        try:  # one format failing does not lose the others
+            source = _qat_model(model, args, calibration) if fmt == "int8-qat" else model
+            # A fresh model has random weights: its logits tie, so agreement means nothing.
+            name, path, runner = report.export_format(
+                fmt, source, args.out, test_x[:8], calibration,
+                min_agreement=0.8 if args.model else 0.0, qat_epochs=args.qat_epochs,
+            )  # fmt: skip
+            row(name, path, runner(path, num_threads=2)(test_x),
+                lambda t, p=path, r=runner: r(p, num_threads=t))  # fmt: skip
+        except RuntimeError as err:
             failures[fmt] = str(err)
             print(f"  {fmt}: FAILED: {err}", flush=True)
-    _write_report(args, rows, failures, image_size, len(test_x))
+    title = (
+        f"Export of {args.model or 'a fresh ' + args.variant} ({image_size}x{image_size}); "
+        f"held-out: {args.heldout} ({len(test_x)} images); latency: batch 1, median of "
+        f"{args.runs}"
+    )
+    table = report.report_table(rows, failures, title)
+    print(table)
+    print(f"wrote {report.write_report(args.out, table, rows, failures)}")
     return rows
 
 
@@ -160,12 +158,13 @@ def _check_model(model, args):
 
 
 def _qat_model(model, args, calibration):
-    """Quantization-aware fine-tuning on the digits training split (keras_sepvit.qat)."""
+    """Quantization-aware fine-tuning on the digits training split (keras_sepvit.export.qat)."""
     import time
 
     import keras
 
-    from keras_sepvit import data, qat, training
+    from keras_sepvit import data, training
+    from keras_sepvit.export import qat
 
     if args.heldout != "digits":
         raise RuntimeError("int8-qat fine-tunes on the digits training split: use --heldout digits")
@@ -189,68 +188,6 @@ def _qat_model(model, args, calibration):
     qat_model.fit(train_ds, epochs=args.qat_epochs, steps_per_epoch=steps, verbose=2)
     print(f"  int8-qat: {args.qat_epochs} epochs in {time.perf_counter() - start:.0f} s")
     return qat_model
-
-
-def _export_one(fmt, model, args, test_x, calibration, row, export):
-    """Writes one format, checks it, and adds its report row."""
-    if fmt in ("onnx", "onnx-int8"):  # static batch 1, rewritten for ONNX Runtime
-        int8 = fmt == "onnx-int8"
-        path = export.to_onnx(
-            model,
-            os.path.join(args.out, "model_int8.onnx" if int8 else "model.onnx"),
-            sample_inputs=test_x[:8],
-            batch_size=1,
-            quantization="int8" if int8 else None,
-            representative_data=calibration if int8 else None,
-        )
-        name = "onnx int8 QDQ (ONNX Runtime)" if int8 else "onnx (ONNX Runtime)"
-        row(name, path, export.ONNXRunner(path, num_threads=2)(test_x),
-            lambda t, p=path: export.ONNXRunner(p, num_threads=t))  # fmt: skip
-        return
-    source, quantization = model, None if fmt == "float32" else fmt
-    name, filename = f"tflite {fmt} (LiteRT)", f"model_{fmt}.tflite"
-    if fmt == "int8-qat":  # int8 of the QAT-fine-tuned copy
-        source, quantization = _qat_model(model, args, calibration), "int8"
-        name, filename = f"tflite int8 QAT {args.qat_epochs} ep (LiteRT)", "model_int8_qat.tflite"
-    path = export.to_tflite(
-        source,
-        os.path.join(args.out, filename),
-        quantization=quantization,
-        representative_data=calibration,
-        sample_inputs=test_x[:8],
-        # A fresh model has random weights: its logits tie, so agreement means nothing.
-        min_agreement=0.8 if args.model else 0.0,
-    )
-    row(name, path, export.TFLiteRunner(path, num_threads=2)(test_x),
-        lambda t, p=path: export.TFLiteRunner(p, num_threads=t))  # fmt: skip
-
-
-def _write_report(args, rows, failures, image_size, num_heldout):
-    lines = [
-        f"Export of {args.model or 'a fresh ' + args.variant} ({image_size}x{image_size}); "
-        f"held-out: {args.heldout} ({num_heldout} images); latency: batch 1, median of "
-        f"{args.runs}",
-        "",
-        "| format | size (MB) | max abs diff vs Keras | top-1 agreement | accuracy "
-        "| latency 1 thread (ms) | latency 2 threads (ms) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        accuracy = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
-        lines.append(
-            f"| {r['format']} | {r['size_mb']:.2f} | {r['max_abs_diff']:.2e} | "
-            f"{r['top1_agreement']:.4f} | {accuracy} | {r['latency_ms_1t']:.2f} | "
-            f"{r['latency_ms_2t']:.2f} |"
-        )
-    for fmt, reason in failures.items():
-        lines.append(f"| {fmt} | failed: {reason.splitlines()[0][:200]} | | | | | |")
-    table = "\n".join(lines)
-    print(table)
-    with open(os.path.join(args.out, "report.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump({"rows": rows, "failures": failures}, f, indent=2)
-    print(f"wrote {os.path.join(args.out, 'report.md')}")
 
 
 if __name__ == "__main__":

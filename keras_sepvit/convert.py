@@ -1,4 +1,9 @@
-"""Loads the authors' PyTorch SepViT state dict (github liwei109/SepViT) into our model.
+"""Everything keyed on the authors' PyTorch names (github liwei109/SepViT).
+
+`load_official_weights` reads the authors' state dict into our model;
+`load_classifier_weights` initialises a dense backbone from a classifier
+(ours or theirs), as the paper starts detection and segmentation from
+ImageNet; `format_transfer_report` prints what it did.
 
 Names follow the reference code: `patch_embeds.S.*`, `pos_block.S.*`,
 `blocks.S.J.*`, `norm.*`, `head.*` (S = stage 0..3, J = block in the stage).
@@ -9,9 +14,13 @@ Layouts: Linear weight (out, in) -> Dense kernel (in, out); Conv2d weight
 
 import os
 
+import h5py
+import keras
 import numpy as np
 
-from keras_sepvit.model import STAGE_STRIDES
+from keras_sepvit.model import SepViT
+from keras_sepvit.stages import STAGE_STRIDES
+from keras_sepvit.weight_files import load_weights
 
 
 def _linear(w):
@@ -218,7 +227,7 @@ def load_official_weights(model, weights):
                 "the model with `include_top=False, dense=True`"
                 if file_dense
                 else "; the file is a classifier and the model a dense backbone: use "
-                "`keras_sepvit.dense.load_classifier_weights` to initialise it from a classifier"
+                "`keras_sepvit.load_classifier_weights` to initialise it from a classifier"
             )
         raise ValueError(
             f"The state dict does not fit {model.name} ({len(received)} tensors received, "
@@ -228,3 +237,140 @@ def load_official_weights(model, weights):
     for key, (variable, _) in mapping.items():
         variable.assign(values[key])
     return model
+
+
+def _classifier_state(classifier):
+    """{PyTorch key: array in the authors' layout} of a keras_sepvit classifier."""
+    return {
+        key: _INVERSE[transform](np.asarray(keras.ops.convert_to_numpy(variable)))
+        for key, (variable, transform) in official_weight_map(classifier).items()
+    }
+
+
+def _read_classifier(path, model):
+    """A saved keras_sepvit classifier (`.keras`, `.weights.h5`) as a model;
+    any other path is returned (the authors' state dict, read later)."""
+    if not path.endswith((".keras", ".weights.h5")):
+        return path
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No classifier file at {path!r}.")
+    if path.endswith(".keras"):
+        return keras.saving.load_model(path, compile=False)
+    config = getattr(model, "get_config", dict)()
+    if "depths" not in config:
+        raise ValueError(
+            f"A `.weights.h5` holds no architecture, and {model.name!r} does not say which "
+            "classifier wrote it: pass the classifier model itself or its `.keras` file. "
+            f"Received: classifier={path!r}"
+        )
+    with h5py.File(path, "r") as f:
+        head = f.get("layers/dense/vars/1")  # the classifier's only top-level Dense
+        classes = None if head is None else int(head.shape[0])
+    classifier = SepViT(
+        **{k: config[k] for k in ("depths", "channels", "num_heads", "window_sizes")},
+        mlp_ratio=config.get("mlp_ratio", 4.0),
+        include_top=classes is not None,
+        classes=classes or 1000,
+        input_shape=(None, None, 3),
+        name="classifier",
+    )
+    load_weights(classifier, path)  # refuses a file that does not fit, naming why
+    return classifier
+
+
+def load_classifier_weights(model, classifier, verbose=True):
+    """Initialises a dense backbone from a SepViT classifier of the same variant.
+
+    This is how the paper starts detection and segmentation from an ImageNet
+    classifier. Every tensor the two networks share is copied (patch
+    embeddings, position encodings, and in every block norm1, DSA, proj,
+    norm2 and the MLP; PSA where the classifier has it). What the dense
+    backbone has and the classifier lacks is NEW and initialised as the
+    authors' `_init_weights` does (Linear: truncated normal std 0.02, bias
+    0; LayerNorm: weight 1, bias 0):
+      - the per-stage output norms `norm_list.S`;
+      - PSA (`win_tokens_norm`, `PSA_qk`) in the blocks where the classifier
+        has one window at 224 (stage-3 GSA blocks and stage 4).
+    What the classifier has and the dense backbone does not use is reported
+    as UNUSED: the learnable window tokens (the dense backbone's are zeros),
+    the final `norm` and the `head`.
+
+    Args:
+        model: a dense backbone (`SepViT*(include_top=False, dense=True)`).
+        classifier: a keras_sepvit classifier model; the path of a saved one
+            (`.keras`, or `.weights.h5` when `model` is a `SepViTBackbone`,
+            whose config builds the classifier); or the path (or dict) of the
+            authors' classifier state dict (`.npz`, `.pth`).
+        verbose: bool. Print the report. Defaults to True.
+
+    Raises:
+        ValueError: if a shared tensor has another shape (another variant),
+            before any weight is changed.
+
+    Returns:
+        A dict `{"loaded": [...], "new": [...], "unused": [...]}` of PyTorch key
+        names.
+    """
+    if isinstance(classifier, (str, os.PathLike)):
+        classifier = _read_classifier(os.fspath(classifier), model)
+    if isinstance(classifier, keras.Model):
+        state = _classifier_state(classifier)
+    elif isinstance(classifier, dict):
+        state = classifier
+    else:
+        state = read_state_dict(classifier)
+    mapping = official_weight_map(model)
+    if not any(key.startswith("norm_list.") for key in mapping):
+        raise ValueError(
+            "`load_classifier_weights` fills a dense backbone; build it with "
+            f"`include_top=False, dense=True`. Received: model {model.name!r}"
+        )
+    loaded = sorted(set(mapping) & set(state))
+    new = sorted(set(mapping) - set(state))
+    unused = sorted(set(state) - set(mapping))
+    if not loaded:
+        raise ValueError(
+            "No tensor of the classifier fits the dense backbone (not a SepViT state "
+            f"dict?). Received: {len(state)} tensors, first {sorted(state)[:3]}"
+        )
+    values, problems = {}, []
+    for key in loaded:
+        variable, transform = mapping[key]
+        values[key], problem = _check_tensor(key, state[key], variable, transform)
+        if problem is not None:
+            problems.append(problem[1])
+    if problems:
+        raise ValueError(
+            f"The classifier does not fit {model.name} (another variant?): {len(problems)} "
+            f"tensors do not fit, first {problems[:3]}. No weight was changed."
+        )
+    rng = np.random.default_rng(0)
+    for key in new:
+        variable, _ = mapping[key]
+        shape = tuple(variable.shape)
+        if key.endswith(".bias"):
+            values[key] = np.zeros(shape, "float32")
+        elif len(shape) == 1:  # LayerNorm weight
+            values[key] = np.ones(shape, "float32")
+        else:  # Linear kernel: truncated normal, std 0.02
+            values[key] = np.clip(rng.normal(0.0, 0.02, shape), -0.04, 0.04).astype("float32")
+    for key, (variable, _) in mapping.items():
+        variable.assign(values[key])
+    report = {"loaded": loaded, "new": new, "unused": unused}
+    if verbose:
+        print(format_transfer_report(report))
+    return report
+
+
+def format_transfer_report(report):
+    """A short text summary of `load_classifier_weights`' report."""
+
+    def groups(keys):
+        names = sorted({".".join(k.split(".")[:-1]) for k in keys})
+        return ", ".join(names) if names else "none"
+
+    return (
+        f"Loaded {len(report['loaded'])} tensors from the classifier.\n"
+        f"New (initialised as the authors' _init_weights): {groups(report['new'])}\n"
+        f"Unused classifier tensors: {groups(report['unused'])}"
+    )

@@ -1,4 +1,12 @@
-"""The SepViT model: a variant table, one generic builder, thin variants.
+"""The SepViT model in keras.applications' order: the variant table, the shared
+docstring, helpers, one generic builder, thin variants, then
+`preprocess_input` / `decode_predictions` and `feature_pyramid`.
+
+The stage loop lives in `keras_sepvit.stages`, argument checks in
+`keras_sepvit.validation`, input normalisation in
+`keras_sepvit.preprocessing`; their names that this module had before 0.2
+(`STAGE_STRIDES`, `build_stages`, `IMAGENET_MEAN`, `normalize_images`, ...)
+are still importable from here.
 
 Reference: Li et al., "SepViT: Separable Vision Transformer",
 https://arxiv.org/abs/2203.15380 (Table 1), and the authors' classification
@@ -6,14 +14,43 @@ code (github liwei109/SepViT), whose weights `load_official_weights` reads.
 """
 
 import json
-import numbers
 from importlib import resources
 
 import keras
 import numpy as np
 from keras import layers
 
-from keras_sepvit.layers import ChannelsLastRescaling, LayerNorm, PositionEncoding, SepViTBlock
+from keras_sepvit.dense import dense_stages
+from keras_sepvit.layers import ChannelsLastRescaling, LayerNorm
+from keras_sepvit.preprocessing import (  # noqa: F401 (re-exported: pre-0.2 paths)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OTHER_MEAN,
+    OTHER_STD,
+    normalization_affine,
+    normalize_images,
+    preprocess_input,
+    resolve_data_format,
+)
+from keras_sepvit.stages import (  # noqa: F401 (re-exported: pre-0.2 paths)
+    DESIGN_RESOLUTION,
+    MIN_SIZE,
+    STAGE_STRIDES,
+    TOTAL_STRIDE,
+    block_attention,
+    build_stages,
+    classifier_stages,
+    patch_embedding,
+)
+from keras_sepvit.validation import (
+    check_dense_arguments,
+    is_int,
+    validate_attention,
+    validate_config,
+    validate_input_shape,
+    validate_pooling,
+    validate_top,
+)
 from keras_sepvit.weight_files import check_weights_path, load_weights
 
 # Table 1 of the paper; window sizes per block from the authors' code
@@ -49,40 +86,6 @@ MODEL_CONFIGS = {
         "drop_path_rate": 0.5,
     },
 }
-
-# The authors' model is defined at 224: a block has window tokens and PWA iff
-# its stage map at 224 holds more than one window. We keep exactly that weight
-# layout and carry it to every resolution (see `block_attention`).
-DESIGN_RESOLUTION = 224
-STAGE_STRIDES = (4, 8, 16, 32)
-TOTAL_STRIDE = STAGE_STRIDES[-1]
-# Smallest input side: one pixel at stride 32 (as keras.applications' min_size).
-MIN_SIZE = TOTAL_STRIDE
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Inputs with another channel count than RGB (grayscale, RGBA, ...): every
-# channel is normalised with the RGB statistics averaged over the channels.
-OTHER_MEAN = sum(IMAGENET_MEAN) / 3
-OTHER_STD = sum(IMAGENET_STD) / 3
-
-
-def block_attention(stage, window_size):
-    """Attention kind and design-resolution window grid of a block.
-
-    Returns `(kind, grid)`: "separable" with the 224 window grid where the
-    reference has window tokens and PWA; otherwise the block has no PWA
-    weights, and it attends within ws x ws windows ("window", stage-3 GSA,
-    whose cross-window exchange comes from the DSSA blocks it alternates
-    with) or over the whole map ("global", the last stage, which has no PWA
-    block to give it a global view).
-    """
-    side = DESIGN_RESOLUTION // STAGE_STRIDES[stage]
-    grid = side // window_size
-    if grid > 1:
-        return "separable", (grid, grid)
-    return ("global" if stage == len(STAGE_STRIDES) - 1 else "window"), None
-
 
 BASE_DOCSTRING = """Instantiates the {name} architecture.
 
@@ -145,240 +148,12 @@ Example:
 """
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _positive_ints(arg, value, count):
-    """`value` as a tuple of `count` positive Python ints, or a ValueError."""
-    try:
-        entries = tuple(value)
-    except TypeError:
-        entries = None
-    if entries is None or len(entries) != count:
-        raise ValueError(f"`{arg}` needs {count} entries, one per stage. Received: {arg}={value!r}")
-    if not all(_is_int(v) and v >= 1 for v in entries):
-        raise ValueError(f"`{arg}` entries must be positive ints. Received: {arg}={value!r}")
-    return tuple(int(v) for v in entries)
-
-
-def _validate_config(depths, channels, num_heads, window_sizes, mlp_ratio, drop_path_rate):
-    """The per-stage table as Python ints, each entry checked (ValueError otherwise)."""
-    stages = len(STAGE_STRIDES)
-    depths = _positive_ints("depths", depths, stages)
-    channels = _positive_ints("channels", channels, stages)
-    num_heads = _positive_ints("num_heads", num_heads, stages)
-    for stage, (width, heads) in enumerate(zip(channels, num_heads)):
-        if width % heads:
-            raise ValueError(
-                f"Stage {stage + 1} has {width} channels, not divisible by its {heads} "
-                f"heads. Received: channels={channels}, num_heads={num_heads}"
-            )
-    try:
-        per_stage = [tuple(sizes) for sizes in window_sizes]
-    except TypeError:
-        per_stage = None
-    if per_stage is None or len(per_stage) != stages:
-        raise ValueError(
-            f"`window_sizes` needs {stages} entries, one tuple of window sizes per stage. "
-            f"Received: window_sizes={window_sizes!r}"
-        )
-    for stage, (depth, sizes) in enumerate(zip(depths, per_stage)):
-        if len(sizes) != depth:
-            raise ValueError(
-                f"Stage {stage + 1} has {depth} blocks but {len(sizes)} window sizes. "
-                f"Received: window_sizes={window_sizes!r}"
-            )
-        if not all(_is_int(ws) and ws >= 1 for ws in sizes):
-            raise ValueError(
-                f"Window sizes must be positive ints. Received: window_sizes={window_sizes!r}"
-            )
-    window_sizes = tuple(tuple(int(ws) for ws in sizes) for sizes in per_stage)
-    if not (_is_number(drop_path_rate) and 0.0 <= drop_path_rate < 1.0):
-        raise ValueError(
-            "`drop_path_rate` must be a float in [0, 1). "
-            f"Received: drop_path_rate={drop_path_rate!r}"
-        )
-    if not (_is_number(mlp_ratio) and int(min(channels) * mlp_ratio) >= 1):
-        raise ValueError(f"`mlp_ratio` must be a positive float. Received: mlp_ratio={mlp_ratio!r}")
-    return depths, channels, num_heads, window_sizes, float(drop_path_rate), float(mlp_ratio)
-
-
-def _validate_input_shape(
-    input_shape, input_tensor, include_top, data_format, name, arg="input_shape"
-):
-    """The (H, W, C) or (C, H, W) input shape, checked; defaults as keras.applications.
-
-    `arg`: the argument's name in error messages (`SepViTBackbone` calls it
-    `image_shape`).
-    """
-    if input_tensor is not None:
-        if not keras.utils.is_keras_tensor(input_tensor):
-            raise ValueError(
-                "`input_tensor` must be a Keras tensor (a `keras.Input(...)` or a layer's "
-                "output). To run the model on a tensor of images, build it and call it: "
-                f"`model(x)`. Received: input_tensor of type {type(input_tensor).__name__}"
-            )
-        tensor_shape = tuple(input_tensor.shape[1:])
-        if len(tensor_shape) != 3:
-            raise ValueError(
-                "`input_tensor` must be a batch of images (batch, height, width, channels), "
-                "or (batch, channels, height, width) for 'channels_first'. "
-                f"Received: input_tensor.shape={input_tensor.shape}"
-            )
-        if input_shape is None:
-            input_shape = tensor_shape
-        elif len(tuple(input_shape)) != len(tensor_shape) or any(
-            a is not None and b is not None and a != b
-            for a, b in zip(tuple(input_shape), tensor_shape)
-        ):
-            raise ValueError(
-                f"`{arg}` does not match the shape of `input_tensor`. "
-                f"Received: {arg}={input_shape}, input_tensor.shape={input_tensor.shape}"
-            )
-    channels_first = data_format == "channels_first"
-    if input_shape is None:
-        side = DESIGN_RESOLUTION if include_top else None
-        return (3, side, side) if channels_first else (side, side, 3)
-    try:
-        dims = tuple(input_shape)
-    except TypeError:
-        dims = ()
-    layout = "(channels, height, width)" if channels_first else "(height, width, channels)"
-    if len(dims) != 3 or not all(d is None or (_is_int(d) and d >= 0) for d in dims):
-        raise ValueError(
-            f"`{arg}` must be {layout} with int or None sizes (image data format "
-            f"{data_format!r}). Received: {arg}={input_shape!r}"
-        )
-    dims = tuple(None if d is None else int(d) for d in dims)
-    channels = dims[0] if channels_first else dims[-1]
-    spatial = dims[1:] if channels_first else dims[:2]
-    if channels is None or channels < 1:
-        raise ValueError(
-            f"{name} needs a known channel count, {layout} with image data format "
-            f"{data_format!r}. Received: {arg}={input_shape!r}"
-        )
-    for axis, size in zip(("height", "width"), spatial):
-        if size is not None and size < MIN_SIZE:
-            raise ValueError(
-                f"{name} needs an input {axis} of at least {MIN_SIZE} (the total stride), "
-                f"or None. Received: {arg}={input_shape!r}"
-            )
-    return dims
-
-
 def _normalization(channels):
     """(x / 255 - mean) / std as one per-channel affine map (channels-last)."""
-    mean, std = (
-        (IMAGENET_MEAN, IMAGENET_STD)
-        if channels == 3
-        else (
-            (OTHER_MEAN,) * channels,
-            (OTHER_STD,) * channels,
-        )
-    )
+    scale, offset = normalization_affine(channels)
     # Graph constants, not captured tensors, so every exporter (tf2onnx
     # included) sees them.
-    return ChannelsLastRescaling(
-        scale=[1.0 / (255.0 * s) for s in std],
-        offset=[-m / s for m, s in zip(mean, std)],
-        name="normalization",
-    )
-
-
-def patch_embedding(x, stage, channels, dtype=None):
-    """Overlapping patch embedding of a stage, with PyTorch's symmetric padding.
-
-    (B, H, W, C_in) -> (B, ceil(H / stride), ceil(W / stride), channels):
-    kernel 7 stride 4 in stage 0, kernel 3 stride 2 after, then LayerNorm.
-    `dtype`: the dtype policy of the layers (None: the global policy).
-    """
-    kernel, stride = (7, 4) if stage == 0 else (3, 2)
-    prefix = f"stage{stage + 1}"
-    x = layers.ZeroPadding2D(
-        kernel // 2, data_format="channels_last", name=f"{prefix}_embed_pad", dtype=dtype
-    )(x)
-    x = layers.Conv2D(
-        channels,
-        kernel,
-        strides=stride,
-        data_format="channels_last",
-        name=f"{prefix}_embed_conv",
-        dtype=dtype,
-    )(x)  # (B, ceil(H / stride), ceil(W / stride), C)
-    return LayerNorm(epsilon=1e-5, name=f"{prefix}_embed_norm", dtype=dtype)(x)
-
-
-def build_stages(x, depths, channels, make_block, stage_norm=False, dtype=None):
-    """The four stages of a SepViT on a (B, H, W, C) tensor, for any block kind.
-
-    Per stage: the patch embedding (`stageS_embed_*`), the blocks
-    `make_block(stage, j, block_index)` named `stageS_blockJ` (`block_index`
-    counts blocks over all stages), the position encoding after the first
-    (`stageS_pos_encoding`), with `stage_norm` a LayerNorm (`stageS_norm`),
-    and `stageS_output` (the map `feature_pyramid` reads). Returns the four
-    stage outputs, (B, ceil(H / 4), ceil(W / 4), C1) ... (B, ceil(H / 32),
-    ceil(W / 32), C4).
-    """
-    outputs = []
-    block_index = 0
-    for stage in range(len(depths)):
-        prefix = f"stage{stage + 1}"
-        # (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride), C_stage)
-        x = patch_embedding(x, stage, channels[stage], dtype=dtype)
-        for j in range(depths[stage]):
-            x = make_block(stage, j, block_index)(x)
-            block_index += 1
-            if j == 0:
-                x = PositionEncoding(name=f"{prefix}_pos_encoding", dtype=dtype)(x)
-        if stage_norm:
-            x = LayerNorm(epsilon=1e-6, name=f"{prefix}_norm", dtype=dtype)(x)
-        x = layers.Identity(name=f"{prefix}_output", dtype=dtype)(x)
-        outputs.append(x)
-    return outputs
-
-
-def classifier_stages(
-    x,
-    depths,
-    channels,
-    num_heads,
-    window_sizes,
-    mlp_ratio,
-    rates,
-    attention=None,
-    window_token="learnable",
-    window_representation="token",
-    dtype=None,
-):
-    """The four stages of the classifier on a (B, H, W, C) tensor (`build_stages`).
-
-    Layers are named as the authors' `patch_embeds.S`, `blocks.S.J`,
-    `pos_block.S`. `rates`: the drop path rate of every block, in order.
-    """
-
-    def make_block(stage, j, block_index):
-        kind, grid = block_attention(stage, window_sizes[stage][j])
-        if attention == "global":
-            kind, grid = "global", None
-        return SepViTBlock(
-            num_heads[stage],
-            window_size=window_sizes[stage][j],
-            attention=kind,
-            token_grid=grid,
-            window_token=window_token,
-            window_representation=window_representation,
-            mlp_ratio=mlp_ratio,
-            drop_path_rate=rates[block_index],
-            name=f"stage{stage + 1}_block{j + 1}",
-            dtype=dtype,
-        )
-
-    return build_stages(x, depths, channels, make_block, dtype=dtype)
+    return ChannelsLastRescaling(scale=scale, offset=offset, name="normalization")
 
 
 @keras.saving.register_keras_serializable(package="keras_sepvit")
@@ -458,33 +233,19 @@ def SepViT(
             per stage. Needs `include_top=False`.
         Other arguments: as in `SepViTLite`.
     """
-    if attention not in (None, "global"):
-        raise ValueError(f'`attention` must be None or "global". Received: attention={attention!r}')
+    validate_attention(attention)
     if dense:
-        from keras_sepvit.dense import check_dense_arguments
-
         check_dense_arguments(include_top, attention, window_token, window_representation)
-    depths, channels, num_heads, window_sizes, drop_path_rate, mlp_ratio = _validate_config(
+    depths, channels, num_heads, window_sizes, drop_path_rate, mlp_ratio = validate_config(
         depths, channels, num_heads, window_sizes, mlp_ratio, drop_path_rate
     )
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
+    validate_pooling(pooling)
     if include_top:
-        if not (_is_int(classes) and classes >= 1):
-            raise ValueError(f"`classes` must be a positive int. Received: classes={classes!r}")
-        classes = int(classes)
-        try:
-            classifier_activation = keras.activations.get(classifier_activation)
-        except (ValueError, TypeError) as err:
-            raise ValueError(
-                "`classifier_activation` must be None, an activation name such as "
-                "'softmax', or a callable. "
-                f"Received: classifier_activation={classifier_activation!r}"
-            ) from err
+        classes, classifier_activation = validate_top(classes, classifier_activation)
     if weights is not None:
         weights = check_weights_path(weights)
     data_format = keras.config.image_data_format()
-    input_shape = _validate_input_shape(input_shape, input_tensor, include_top, data_format, name)
+    input_shape = validate_input_shape(input_shape, input_tensor, include_top, data_format, name)
     if input_tensor is None:
         img_input = layers.Input(shape=input_shape, name="image")
     else:
@@ -499,8 +260,6 @@ def SepViT(
     rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
     if dense:
         # The authors' detection/segmentation backbone (keras_sepvit.dense).
-        from keras_sepvit.dense import dense_stages
-
         x = dense_stages(x, depths, channels, num_heads, window_sizes, mlp_ratio, rates)[-1]
     else:
         x = classifier_stages(
@@ -628,49 +387,6 @@ for _fn in VARIANTS.values():
     _fn.__doc__ = BASE_DOCSTRING.format(name=_fn.__name__, fn=_fn.__name__)
 
 
-def _data_format(data_format):
-    data_format = keras.config.image_data_format() if data_format is None else data_format
-    if data_format not in ("channels_first", "channels_last"):
-        raise ValueError(
-            "`data_format` must be None, 'channels_first' or 'channels_last'. "
-            f"Received: data_format={data_format!r}"
-        )
-    return data_format
-
-
-def preprocess_input(x, data_format=None):
-    """A placeholder, as in `keras.applications.convnext`: returns `x` unchanged.
-
-    SepViT models normalise inside (`include_preprocessing=True`), so they take
-    pixel values in [0, 255] unchanged. For a model built with
-    `include_preprocessing=False`, use `normalize_images` instead.
-
-    Args:
-        x: images (any array or tensor), returned as they are.
-        data_format: None (`keras.config.image_data_format()`),
-            "channels_first" or "channels_last". Checked, then unused.
-    """
-    _data_format(data_format)
-    return x
-
-
-def normalize_images(x, data_format=None):
-    """[0, 255] pixels -> ImageNet mean/std normalised (what the authors' model takes).
-
-    The same map as the model's `include_preprocessing=True`: RGB with the
-    ImageNet statistics, other channel counts with the channel-averaged ones.
-    """
-    x = keras.ops.convert_to_tensor(x, "float32")
-    channels_first = _data_format(data_format) == "channels_first"
-    channels = x.shape[-3] if channels_first else x.shape[-1]
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (OTHER_MEAN, OTHER_STD)
-    shape = (-1, 1, 1) if channels_first else (-1,)
-    # Backend tensors, not NumPy arrays: `torch_tensor - ndarray` fails.
-    mean = keras.ops.convert_to_tensor(np.reshape(np.asarray(mean, "float32") * 255.0, shape))
-    std = keras.ops.convert_to_tensor(np.reshape(np.asarray(std, "float32") * 255.0, shape))
-    return (x - mean) / std
-
-
 def _imagenet_class_index():
     text = resources.files("keras_sepvit").joinpath("resources/imagenet_class_index.json")
     index = json.loads(text.read_text(encoding="utf-8"))
@@ -706,7 +422,7 @@ def decode_predictions(preds, top=5, class_names=None):
             f"(samples, {len(entries)})){hint if class_names is None else ''}. "
             f"Received: an array of shape {preds.shape}"
         )
-    if not (_is_int(top) and top >= 1):
+    if not (is_int(top) and top >= 1):
         raise ValueError(f"`top` must be a positive int. Received: top={top!r}")
     results = []
     for pred in preds:

@@ -8,6 +8,33 @@ import pytest  # noqa: E402
 from keras_sepvit.parity import IO_FILE, WEIGHTS_FILE, default_reference_dir  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="run every tier (the slow tests too), as CI does; the default run is the fast tier",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tiers, as keras-hub's conftest does them: plain `pytest` is the fast tier
+    (minutes); `pytest --full` adds the tests marked `slow` (full-size variants,
+    other backends in child processes, script training runs, the docs' blocks).
+    An explicit `-m` expression is obeyed as given."""
+    if config.getoption("--full") or config.option.markexpr:
+        return
+    slow = [item for item in items if "slow" in item.keywords]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if "slow" not in item.keywords]
+
+
+def pytest_report_header(config):
+    if not (config.getoption("--full") or config.option.markexpr):
+        return "tier: fast (tests marked slow are deselected; `pytest --full` runs every tier)"
+    return None
+
+
 @pytest.fixture(scope="session")
 def reference_dir():
     """The authors' reference vectors (shared/reference beside the repository)."""

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import keras_sepvit
-from keras_sepvit.dense import DenseSepViTBlock, load_classifier_weights
+from keras_sepvit.convert import load_classifier_weights
+from keras_sepvit.dense import DenseSepViTBlock
 from keras_sepvit.parity import (
     DENSE_IO_FILE,
     DENSE_WEIGHTS_FILE,

@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("keras_hub")
 
 from keras_sepvit import export  # noqa: E402
+from keras_sepvit.export import checks  # noqa: E402
 from keras_sepvit.hub import SepViTBackbone  # noqa: E402
 from keras_sepvit.tasks.deeplab import deeplabv3_segmenter  # noqa: E402
 from keras_sepvit.tasks.semantic_fpn import SemanticFPNSegmenter  # noqa: E402
@@ -170,16 +171,16 @@ def test_checks_catch_a_wrong_segmenter_or_detector_file(segmenter, detector):
     # outputs are missing or off, must be refused.
     x = _images(2)
     expected = export.keras_outputs(segmenter, x)
-    export._compare("ok", expected + 1e-7, expected, segmenter, None, 1e-4)
+    checks.compare("ok", expected + 1e-7, expected, segmenter, None, 1e-4)
     flipped = expected.copy()
     flipped[:, :16] = -flipped[:, :16]  # a quarter of the pixels change class
     with pytest.raises(RuntimeError, match="relative error|pixels"):
-        export._compare("bad", flipped, expected, segmenter, None, 1e-4)
+        checks.compare("bad", flipped, expected, segmenter, None, 1e-4)
     with pytest.raises(RuntimeError, match="pixels"):
-        export._agreement_check("bad", flipped, expected, 0.9, segmenter=True)
+        checks.agreement_check("bad", flipped, expected, 0.9, segmenter=True)
     raw = export.keras_outputs(detector, x)
     with pytest.raises(RuntimeError, match="has outputs"):
-        export._compare("bad", {"cls_logits": raw["cls_logits"]}, raw, detector, None, 1e-4)
+        checks.compare("bad", {"cls_logits": raw["cls_logits"]}, raw, detector, None, 1e-4)
     scaled = dict(raw, bbox_regression=raw["bbox_regression"] * 1.01)
     with pytest.raises(RuntimeError, match="bbox_regression"):
-        export._compare("bad", scaled, raw, detector, None, 1e-4)
+        checks.compare("bad", scaled, raw, detector, None, 1e-4)

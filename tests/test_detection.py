@@ -8,9 +8,9 @@ import pytest
 
 keras_hub = pytest.importorskip("keras_hub")
 
+from keras_sepvit.demos.peers import mit_b0  # noqa: E402
 from keras_sepvit.hub import SepViTBackbone  # noqa: E402
 from keras_sepvit.tasks import retinanet  # noqa: E402
-from keras_sepvit.tasks.peers import mit_b0  # noqa: E402
 
 TINY = dict(depths=(1, 1, 1, 1), channels=(8, 16, 16, 32), num_heads=(1, 1, 2, 2))
 TINY["window_sizes"] = ((7,), (7,), (7,), (7,))
@@ -188,7 +188,7 @@ def test_draw_detections_skips_padding_and_low_scores():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from keras_sepvit.tasks.detection_demo import draw_detections
+    from keras_sepvit.demos.detection import draw_detections
 
     fig, ax = plt.subplots()
     boxes = [[2, 2, 10, 12], [20, 20, 30, 40], [0, 0, 5, 5], [1, 1, 3, 3]]
@@ -201,16 +201,16 @@ def test_draw_detections_skips_padding_and_low_scores():
 
 
 def test_demo_refuses_unknown_backbone():
-    from keras_sepvit.tasks.detection_demo import make_backbone
+    from keras_sepvit.demos.backbones import build_backbone
 
     with pytest.raises(ValueError, match="backbone_name='resnet'"):
-        make_backbone("resnet")
+        build_backbone("resnet")
 
 
 @pytest.mark.slow
 def test_train_and_evaluate_detector_contract():
-    from keras_sepvit.digit_scenes import make_digit_scenes
-    from keras_sepvit.tasks.detection_demo import SCENES, train_and_evaluate_detector
+    from keras_sepvit.data.digit_scenes import make_digit_scenes
+    from keras_sepvit.demos.detection import SCENES, train_and_evaluate_detector
 
     train = make_digit_scenes(32, **SCENES, split="train", seed=0)
     test = make_digit_scenes(8, **SCENES, split="test", seed=1)

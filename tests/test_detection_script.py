@@ -1,4 +1,5 @@
-"""examples/train_detection.py: COCO-JSON folders, tfds (mock data), refusals, resume."""
+"""examples/train_detection.py and keras_sepvit.data.detection: COCO-JSON folders, tfds
+(mock data), COCO evaluation of a source, refusals, resume."""
 
 import json
 import os
@@ -10,7 +11,8 @@ import pytest
 pytest.importorskip("keras_hub")
 pytest.importorskip("pycocotools")
 
-from keras_sepvit.digit_scenes import make_digit_scenes  # noqa: E402
+from keras_sepvit.data import detection  # noqa: E402
+from keras_sepvit.data.digit_scenes import make_digit_scenes  # noqa: E402
 from keras_sepvit.hub import SepViTBackbone  # noqa: E402
 
 TINY = dict(depths=(1, 1, 1, 1), channels=(8, 16, 16, 32), num_heads=(1, 1, 2, 2))
@@ -134,20 +136,23 @@ def test_init_from_a_classifier(script, backbone_preset, folder_run, tmp_path, c
         script.build_detector(args, 3)
 
 
-def test_evaluation_maps_categories_back_to_the_files_ids(script, tmp_path):
-    """Perfect 'detections' through the script's evaluation score 1: the label
-    -> category id mapping and the rescaling to the original size are right."""
+def test_evaluation_maps_categories_back_to_the_files_ids(tmp_path):
+    """Perfect 'detections' through the COCO evaluation of a source score 1: the
+    label -> category id mapping and the rescaling to the original size are right."""
+    from keras_sepvit.tasks import coco_eval
+
     root = tmp_path / "coco"
     write_coco_folder(root, "val", 3, seed=1)
-    args = script.parse_args(["--dataset", str(root), "--min-side", "96", "--max-side", "128"])
-    source = script.load_source(args, "val")
+    source = detection.load_source(str(root), "val")
     assert source.category_ids == [11, 22, 33]
+    # What `--min-side 96 --max-side 128` evaluates on.
+    examples = detection.eval_dataset(source, detection.canvas_side(128), 96, 128)
 
     class Oracle:
-        """Returns the ground truth, scaled as the script scales images (x1.5)."""
+        """Returns the ground truth, scaled as the pipeline scales images (x1.5)."""
 
     def oracle_detect(detector, images, batch_size):
-        rows = [e for e in script.eval_dataset(source, args).as_numpy_iterator()]
+        rows = [e for e in examples.as_numpy_iterator()]
         rows = rows[oracle_detect.start : oracle_detect.start + len(images)]
         oracle_detect.start += len(images)
         boxes = np.zeros((len(images), 10, 4), "float32")
@@ -163,7 +168,7 @@ def test_evaluation_maps_categories_back_to_the_files_ids(script, tmp_path):
     original = retinanet.detect
     retinanet.detect = oracle_detect
     try:
-        metrics = script.evaluate(Oracle(), source, args)
+        metrics = coco_eval.evaluate_source(Oracle(), source, examples)
     finally:
         retinanet.detect = original
     assert metrics["map"] == pytest.approx(1.0)

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from keras_sepvit import digit_scenes  # noqa: E402
+from keras_sepvit.data import digit_scenes  # noqa: E402
 
 
 def test_layouts_and_masks_match_boxes():

@@ -163,7 +163,7 @@ def test_a_crashing_quantized_file_is_a_clear_error_not_a_crash(tmp_path, monkey
             min_agreement=0,
         )  # fmt: skip
         assert np.isfinite(export.TFLiteRunner(path)(calibration[:2])).all()
-    monkeypatch.setattr(export, "_SMOKE_RUN", "import os; os.abort()")
+    monkeypatch.setattr("keras_sepvit.export.tflite._SMOKE_RUN", "import os; os.abort()")
     with pytest.raises(RuntimeError, match="crashed running"):
         export.to_tflite(model, str(tmp_path / "abort.tflite"), "int8-full", calibration)
 
@@ -172,7 +172,7 @@ def test_export_command_reports_every_format(tmp_path, load_script, monkeypatch)
     """The export CLI on a fresh model: formats are written and compared; a
     format that fails (its LiteRT run aborts, forced here) is reported as
     failed without losing the rest."""
-    monkeypatch.setattr(export, "_SMOKE_RUN", "import os; os.abort()")
+    monkeypatch.setattr("keras_sepvit.export.tflite._SMOKE_RUN", "import os; os.abort()")
     out = tmp_path / "export"
     rows = load_script("export", "export_model").main(
         ["--variant", "lite", "--image-size", "32", "--out", str(out),

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import keras_sepvit
-from keras_sepvit import export, tflite_quantization
+from keras_sepvit import export
+from keras_sepvit.export import tflite_quantization
 
 
 @pytest.fixture(scope="module")

@@ -192,10 +192,10 @@ def test_reference_parity(reference_files, preset, io_file, weights_file):
 
 @pytest.mark.parametrize("source", ["model", ".keras", ".weights.h5"])
 def test_load_classifier_weights_into_backbone(source, tmp_path):
-    """`keras_sepvit.dense.load_classifier_weights` fills a dense SepViTBackbone
+    """`keras_sepvit.load_classifier_weights` fills a dense SepViTBackbone
     from a keras_sepvit classifier of the same config, or from its saved file
     (a `.weights.h5` is read into a classifier built from the backbone's config)."""
-    from keras_sepvit.dense import load_classifier_weights
+    from keras_sepvit.convert import load_classifier_weights
 
     keras.utils.set_random_seed(1)
     classifier = keras_sepvit.SepViT(**SMALL, include_top=True, classes=5, weights=None)
@@ -213,7 +213,7 @@ def test_load_classifier_weights_into_backbone(source, tmp_path):
 
 
 def test_load_classifier_weights_refuses_files_that_do_not_fit(tmp_path):
-    from keras_sepvit.dense import load_classifier_weights
+    from keras_sepvit.convert import load_classifier_weights
 
     other = dict(SMALL, channels=tuple(2 * c for c in SMALL["channels"]))
     path = str(tmp_path / "wider.weights.h5")

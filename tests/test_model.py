@@ -1,7 +1,5 @@
 """Model contracts, parameterised over the variants (keras.applications style)."""
 
-import os
-
 import keras
 import numpy as np
 import pytest
@@ -353,18 +351,6 @@ def test_variant_docstring_example_runs():
         runner.run(test)
         assert runner.failures == 0 and runner.tries > 0
         break  # one build is enough: the docstring is shared
-
-
-def test_readme_python_examples_run(monkeypatch):
-    """Every ```python block of the README runs as written (from the repo root)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "README.md")) as f:
-        text = f.read()
-    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
-    assert blocks
-    monkeypatch.chdir(root)
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
 
 
 def test_input_tensor_is_used_as_the_input():

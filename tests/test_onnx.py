@@ -1,4 +1,4 @@
-"""ONNX export: the rewritten graph (keras_sepvit.onnx_graph) in ONNX Runtime.
+"""ONNX export: the rewritten graph (keras_sepvit.export.onnx_graph) in ONNX Runtime.
 
 The files are run, never timed here (benchmarks/onnx_latency.py times them).
 """
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import keras_sepvit
-from keras_sepvit import export, onnx_graph
+from keras_sepvit import export
+from keras_sepvit.export import onnx_graph
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 The bars: the default quantized file ("int8", the XNNPACK recipe) agrees
 with the Keras model on >= 99% of the held-out digits and loses at most 0.5
 point of accuracy (edge-speed issue); int16x8 and int8 after
-quantization-aware fine-tuning (`keras_sepvit.qat`) agree on >= 98% and lose
+quantization-aware fine-tuning (`keras_sepvit.export.qat`) agree on >= 98% and lose
 at most 1 point (export issue).
 """
 
@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 
 import keras_sepvit
-from keras_sepvit import export, qat
+from keras_sepvit import export
+from keras_sepvit.export import qat
 
 
 @pytest.fixture(scope="module")

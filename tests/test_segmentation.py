@@ -12,10 +12,10 @@ from keras import ops
 
 pytest.importorskip("keras_hub")
 
+from keras_sepvit.demos.peers import mit_b0  # noqa: E402
 from keras_sepvit.hub import SepViTBackbone  # noqa: E402
 from keras_sepvit.tasks import semantic_fpn  # noqa: E402
 from keras_sepvit.tasks.deeplab import deeplabv3_segmenter  # noqa: E402
-from keras_sepvit.tasks.peers import mit_b0  # noqa: E402
 from keras_sepvit.tasks.semantic_fpn import (  # noqa: E402
     FPNNeck,
     SemanticFPNHead,
@@ -281,7 +281,7 @@ def test_poly_schedule_warmup_then_decay_and_round_trip():
 
 
 def test_segmentation_demo_short_run(monkeypatch):
-    from keras_sepvit.tasks import segmentation_demo
+    from keras_sepvit.demos import segmentation as segmentation_demo
 
     monkeypatch.setattr(
         segmentation_demo,

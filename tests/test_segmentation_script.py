@@ -32,15 +32,15 @@ TINY = dict(
 @pytest.fixture
 def script(load_script, monkeypatch):
     """The script, building a tiny SepViT instead of --backbone's (fast tests)."""
+    from keras_sepvit.demos import backbones
     from keras_sepvit.hub import SepViTBackbone
-    from keras_sepvit.tasks import segmentation_demo
 
     def tiny(name, image_size, drop_path_rate=0.0):
         return SepViTBackbone(
             **TINY, drop_path_rate=drop_path_rate, image_shape=(image_size, image_size, 3)
         )
 
-    monkeypatch.setattr(segmentation_demo, "build_backbone", tiny)
+    monkeypatch.setattr(backbones, "build_backbone", tiny)
     return load_script("examples", "train_segmentation")
 
 
@@ -99,7 +99,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(script, tmp_path, monkeypa
 
 
 def test_train_dataset_epochs_do_not_depend_on_where_the_run_started():
-    from keras_sepvit.tasks import segmentation_data as sd
+    from keras_sepvit.data import segmentation as sd
 
     images = np.random.default_rng(0).integers(0, 255, (6, 40, 50, 3), dtype=np.uint8)
     labels = np.random.default_rng(1).integers(0, 5, (6, 40, 50), dtype=np.uint8)
@@ -160,7 +160,7 @@ def test_tfds_scene_parse150_mock(script, tmp_path):
 
 
 def test_folder_layout_errors_name_the_folder(tmp_path):
-    from keras_sepvit.tasks import segmentation_data as sd
+    from keras_sepvit.data import segmentation as sd
 
     with pytest.raises(ValueError, match="images/training"):
         sd.load_split(str(tmp_path), "training")

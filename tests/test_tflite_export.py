@@ -3,25 +3,13 @@ input normalisation folded into the stem (exact against the authors'
 reference), every node in XNNPACK, and an "int8" file whose attention
 matmuls XNNPACK can take (zero point 0 on every BATCH_MATMUL operand)."""
 
-import importlib.util
-import os
-
 import keras
 import numpy as np
 import pytest
 
 import keras_sepvit
-from keras_sepvit import export, inference
-
-
-def _profile_tool():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location(
-        "tflite_profile", os.path.join(root, "benchmarks", "tflite_profile.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from keras_sepvit import export
+from keras_sepvit.export import inference, profiling
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +37,7 @@ def test_float32_file_is_batch_1_folded_and_exact(lite_with_preprocessing, refer
     ops = runner.interpreter._get_ops_details()
     assert [op["op_name"] for op in ops[:3]] == ["CONCATENATION", "CONCATENATION", "CONV_2D"]
     assert sum(op["op_name"] == "CONV_2D" for op in ops) == 4  # stem + 3 patch embeddings
-    taken, total, partitions = _profile_tool().xnnpack_delegation(path)
+    taken, total, partitions = profiling.xnnpack_delegation(path)
     assert (taken, partitions) == (total, 1), (taken, total, partitions)
 
 
@@ -78,7 +66,7 @@ def test_int8_file_for_xnnpack(lite_with_preprocessing, reference_io, tmp_path):
     assert weights and all(dtype == np.int8 for dtype in weights)
     kinds = {op["op_name"] for op in ops}
     assert {"SOFTMAX", "GELU", "RSQRT"} <= kinds  # float32 in XNNPACK, by design
-    taken, total, partitions = _profile_tool().xnnpack_delegation(path)
+    taken, total, partitions = profiling.xnnpack_delegation(path)
     assert (taken, partitions) == (total, 1), (taken, total, partitions)
     # Close to the float model on the reference inputs (random weights: a
     # loose check; the accuracy bars are on the trained digits model).

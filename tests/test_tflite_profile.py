@@ -1,10 +1,13 @@
-"""benchmarks/tflite_profile.py: the per-op profile and the XNNPACK delegation count
-(structure only: no timed assertions)."""
+"""keras_sepvit.export.profiling and its command line, benchmarks/tflite_profile.py:
+the per-op profile and the XNNPACK delegation count (structure only: no timed
+assertions)."""
 
 import collections
 
 import numpy as np
 import pytest
+
+from keras_sepvit.export import profiling
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def test_every_op_of_the_file_is_profiled_and_delegation_matches_the_runtime(
     delegated = Interpreter(model_path=tiny_file, num_threads=1)
     delegated.allocate_tensors()
     names = [op["op_name"] for op in delegated._get_ops_details()]
-    assert tool.xnnpack_delegation(tiny_file) == result["delegation"]
+    assert profiling.xnnpack_delegation(tiny_file) == result["delegation"]
     assert result["delegation"][2] == names.count("DELEGATE")
     # Each op alone is taken or left as in the whole file (true of this model,
     # and a check of the walk from each partition's outputs to its inputs).
@@ -100,10 +103,10 @@ def test_every_op_of_the_file_is_profiled_and_delegation_matches_the_runtime(
         ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", None),
     ],
 )
-def test_delegation_log_parsing(tool, text, expected):
-    assert tool.parse_delegation_log(text) == expected
+def test_delegation_log_parsing(text, expected):
+    assert profiling.parse_delegation_log(text) == expected
 
 
-def test_cpu_clock_needs_one_thread(tool, tiny_file):
+def test_cpu_clock_needs_one_thread(tiny_file):
     with pytest.raises(ValueError, match="clock='cpu', num_threads=2"):
-        tool.profile(tiny_file, runs=1, num_threads=2, clock="cpu")
+        profiling.profile(tiny_file, runs=1, num_threads=2, clock="cpu")

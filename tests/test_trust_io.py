@@ -13,7 +13,8 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_sepvit
-from keras_sepvit import convert, data, export, qat
+from keras_sepvit import convert, data, export
+from keras_sepvit.export import qat
 
 
 def _tiny(classes=4):

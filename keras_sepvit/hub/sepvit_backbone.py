@@ -10,12 +10,10 @@ import numpy as np
 from keras import layers
 from keras_hub.models import FeaturePyramidBackbone
 
-from keras_sepvit.model import (
-    _data_format,
-    _validate_config,
-    _validate_input_shape,
-    classifier_stages,
-)
+from keras_sepvit.dense import dense_stages
+from keras_sepvit.preprocessing import resolve_data_format
+from keras_sepvit.stages import classifier_stages
+from keras_sepvit.validation import validate_config, validate_input_shape
 
 PACKAGE = "keras_sepvit"
 
@@ -42,7 +40,7 @@ class SepViTBackbone(FeaturePyramidBackbone):
     raw stage outputs with `dense=False`); the model's output is P5. Layer
     names are those of `keras_sepvit.SepViT*(include_top=False)`, so
     `keras_sepvit.feature_pyramid`, `keras_sepvit.load_official_weights` and
-    `keras_sepvit.dense.load_classifier_weights` work on it.
+    `keras_sepvit.load_classifier_weights` work on it.
 
     Presets (`SepViTBackbone.presets`) are architecture configs only: the
     authors published no weights, so `from_preset("sepvit_lite_dense")` builds
@@ -101,11 +99,11 @@ class SepViTBackbone(FeaturePyramidBackbone):
     ):
         if not isinstance(dense, bool):
             raise ValueError(f"`dense` must be True or False. Received: dense={dense!r}")
-        depths, channels, num_heads, window_sizes, drop_path_rate, mlp_ratio = _validate_config(
+        depths, channels, num_heads, window_sizes, drop_path_rate, mlp_ratio = validate_config(
             depths, channels, num_heads, window_sizes, mlp_ratio, drop_path_rate
         )
-        data_format = _data_format(data_format)
-        image_shape = _validate_input_shape(
+        data_format = resolve_data_format(data_format)
+        image_shape = validate_input_shape(
             image_shape, None, False, data_format, "SepViTBackbone", arg="image_shape"
         )
         channels_first = data_format == "channels_first"
@@ -118,8 +116,6 @@ class SepViTBackbone(FeaturePyramidBackbone):
             x = layers.Permute((2, 3, 1), name="to_channels_last", dtype=dtype)(x)
         rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
         if dense:
-            from keras_sepvit.dense import dense_stages
-
             stage_outputs = dense_stages(
                 x, depths, channels, num_heads, window_sizes, mlp_ratio, rates, dtype=dtype
             )

@@ -4,11 +4,10 @@ import keras
 from keras_hub.layers import ImageConverter
 
 from keras_sepvit.hub.sepvit_backbone import PACKAGE, SepViTBackbone
-from keras_sepvit.model import IMAGENET_MEAN, IMAGENET_STD
+from keras_sepvit.preprocessing import normalization_affine
 
 # (x / 255 - mean) / std as `x * scale + offset`, what every preset stores.
-IMAGENET_SCALE = [1.0 / (255.0 * s) for s in IMAGENET_STD]
-IMAGENET_OFFSET = [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
+IMAGENET_SCALE, IMAGENET_OFFSET = normalization_affine(3)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

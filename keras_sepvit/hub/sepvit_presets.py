@@ -19,6 +19,7 @@ import json
 import os
 
 from keras_sepvit.model import MODEL_CONFIGS
+from keras_sepvit.preprocessing import normalization_affine
 
 PAPER = "https://arxiv.org/abs/2203.15380"
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
@@ -91,8 +92,7 @@ def preset_files(name):
     """{file name: JSON text} of a preset folder."""
     variant = name.removeprefix("sepvit_").removesuffix("_dense")
     dense = name.endswith("_dense")
-    from keras_sepvit.hub.sepvit_image_converter import IMAGENET_OFFSET, IMAGENET_SCALE
-
+    scale, offset = normalization_affine(3)  # the SepViTImageConverter's
     config = {
         "module": "keras_sepvit.hub.sepvit_backbone",
         "class_name": "SepViTBackbone",
@@ -106,8 +106,8 @@ def preset_files(name):
             "name": "sepvit_image_converter",
             "trainable": True,
             "image_size": None,
-            "scale": IMAGENET_SCALE,
-            "offset": IMAGENET_OFFSET,
+            "scale": scale,
+            "offset": offset,
             "interpolation": "bilinear",
             "antialias": False,
             "crop_to_aspect_ratio": True,

@@ -3,7 +3,9 @@
 No metric is computed here: boxes are converted to COCO's layout (top-left
 x, y, width, height in pixels), handed to `pycocotools.coco.COCO` in memory
 (no file written) and `pycocotools.cocoeval.COCOeval` computes the twelve
-standard numbers. `map` is AP@[.50:.95], `map50` AP@.50.
+standard numbers. `map` is AP@[.50:.95], `map50` AP@.50. `evaluate_source` scores a detector
+on a detection `Split` (`keras_sepvit.data.detection`) and `COCOEvaluation`
+does it after every training epoch.
 
 Example:
 
@@ -22,6 +24,7 @@ metrics["map50"]  # 1.0
 import contextlib
 import io
 
+import keras
 import numpy as np
 
 # The order of COCOeval.stats.
@@ -69,6 +72,16 @@ def _image_ids(image_ids, count):
     return image_ids
 
 
+def _index(dataset):
+    """A `pycocotools.coco.COCO` of an in-memory COCO dataset dict (quietly indexed)."""
+    COCO, _ = _pycocotools()
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
 def coco_ground_truth(
     boxes,
     labels,
@@ -96,7 +109,6 @@ def coco_ground_truth(
         categories: ids of all categories (those without any box still count
             when detected). Defaults to the ids found in `labels`.
     """
-    COCO, _ = _pycocotools()
     if not len(boxes) == len(labels) == len(image_sizes):
         raise ValueError(
             "`boxes`, `labels` and `image_sizes` must have one entry per image. Received: "
@@ -134,11 +146,7 @@ def coco_ground_truth(
         "annotations": annotations,
         "categories": [{"id": c, "name": str(c)} for c in ids],
     }
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+    return _index(dataset)
 
 
 def coco_results(boxes, scores, labels, image_ids=None, box_format="xyxy"):
@@ -225,3 +233,104 @@ def evaluate_detections(
     )
     results = coco_results(pred_boxes, pred_scores, pred_labels, box_format=box_format)
     return coco_evaluate(coco_gt, results, verbose=verbose)
+
+
+def subset_ground_truth(coco, image_ids):
+    """The ground truth of `image_ids` only (evaluating the first N images); `coco` if all."""
+    if set(image_ids) == set(coco.getImgIds()):
+        return coco
+    keep = set(image_ids)
+    return _index(
+        {
+            "images": [i for i in coco.dataset["images"] if i["id"] in keep],
+            "annotations": [a for a in coco.dataset["annotations"] if a["image_id"] in keep],
+            "categories": coco.dataset["categories"],
+        }
+    )
+
+
+def evaluate_source(detector, source, examples, batch_size=8, verbose=False):
+    """COCO box metrics of `detector` on a detection split.
+
+    Args:
+        detector: a keras-hub `RetinaNetObjectDetector` (run through
+            `keras_sepvit.tasks.retinanet.detect`).
+        source: the `keras_sepvit.data.Split` the examples come from: its
+            `coco_gt` (a COCO-JSON folder's ground truth, else built from the
+            examples), `category_ids` (labels -> the file's category ids) and
+            `class_names`.
+        examples: `keras_sepvit.data.detection.eval_dataset(source, ...)`:
+            padded images, their scale and original size, the ground truth.
+        batch_size: int. Images per detector call. Defaults to 8.
+        verbose: bool. Print pycocotools' summary table.
+
+    Returns:
+        The dict of `coco_evaluate`; boxes are scored at the original size.
+    """
+    from keras_sepvit.tasks import retinanet
+
+    results, gt = [], {"boxes": [], "labels": [], "sizes": [], "ids": [], "crowd": []}
+    padding = {
+        "image": 0.0, "scale": 0.0, "image_id": np.int64(0), "size": 0,
+        "boxes": 0.0, "labels": -1, "crowd": False,
+    }  # fmt: skip
+    for batch in examples.padded_batch(batch_size, padding_values=padding).as_numpy_iterator():
+        found = retinanet.detect(detector, batch["image"], batch_size=batch_size)
+        for k in range(len(batch["image"])):
+            height, width = (int(s) for s in batch["size"][k])
+            boxes = found["boxes"][k] / batch["scale"][k]
+            boxes = np.clip(boxes, 0, [width, height, width, height])
+            labels = found["labels"][k]
+            if source.category_ids is not None:
+                labels = np.where(labels >= 0, np.take(source.category_ids, labels), -1)
+            image_id = int(batch["image_id"][k])
+            results += coco_results([boxes], [found["confidence"][k]], [labels], [image_id])
+            gt["ids"].append(image_id)
+            gt["sizes"].append((height, width))
+            gt["boxes"].append(batch["boxes"][k])
+            gt["labels"].append(batch["labels"][k])
+            gt["crowd"].append(batch["crowd"][k])
+    # padded_batch pads boxes with label -1: coco_ground_truth skips those rows.
+    if source.coco_gt is not None:
+        coco_gt = subset_ground_truth(source.coco_gt, gt["ids"])
+    else:
+        coco_gt = coco_ground_truth(
+            gt["boxes"],
+            gt["labels"],
+            gt["sizes"],
+            image_ids=gt["ids"],
+            iscrowd=gt["crowd"],
+            categories=range(len(source.class_names)),
+        )
+    return coco_evaluate(coco_gt, results, verbose=verbose)
+
+
+class COCOEvaluation(keras.callbacks.Callback):
+    """Adds val_map, val_map50 (pycocotools) to the epoch's logs, before checkpoints.
+
+    Put it before the checkpoint callback that monitors "val_map".
+
+    Args:
+        source: the validation `keras_sepvit.data.Split`.
+        examples: its `keras_sepvit.data.detection.eval_dataset`.
+        batch_size: int. Images per detector call. Defaults to 8.
+        split_name: str. The split's name in the printed line.
+    """
+
+    def __init__(self, source, examples, batch_size=8, split_name="validation"):
+        super().__init__()
+        self.source = source
+        self.examples = examples
+        self.batch_size = batch_size
+        self.split_name = split_name
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = evaluate_source(self.model, self.source, self.examples, self.batch_size)
+        if logs is not None:
+            logs["val_map"] = metrics["map"]
+            logs["val_map50"] = metrics["map50"]
+        print(
+            f"Epoch {epoch + 1}: COCO mAP {metrics['map']:.4f}, mAP@0.5 "
+            f"{metrics['map50']:.4f} on {self.split_name!r}",
+            flush=True,
+        )

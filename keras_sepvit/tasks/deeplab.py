@@ -13,7 +13,7 @@ input height and width must be multiples of 32 (the stride of P5).
 
 import keras
 
-from keras_sepvit.tasks.semantic_fpn import mean_iou, segmentation_loss
+from keras_sepvit.tasks.segmentation_losses import mean_iou, segmentation_loss
 
 
 def deeplabv3_segmenter(

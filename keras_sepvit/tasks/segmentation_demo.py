@@ -16,8 +16,8 @@ import time
 import keras
 import numpy as np
 
-from keras_sepvit import digit_scenes
-from keras_sepvit.tasks.peers import mit_b0
+from keras_sepvit.data import digit_scenes
+from keras_sepvit.demos.peers import mit_b0
 from keras_sepvit.tasks.semantic_fpn import SemanticFPNSegmenter, mean_iou, segmentation_loss
 
 BACKBONES = ("sepvit_lite", "mit_b0")
@@ -51,7 +51,7 @@ def build_backbone(name, image_size, drop_path_rate=0.1):
 
 def normalize(images):
     """uint8 RGB -> the ImageNet mean/std normalised floats both backbones take."""
-    from keras_sepvit.model import normalize_images
+    from keras_sepvit.preprocessing import normalize_images
 
     return np.asarray(keras.ops.convert_to_numpy(normalize_images(images)), "float32")
 

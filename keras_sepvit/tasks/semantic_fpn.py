@@ -27,19 +27,11 @@ import keras
 from keras import layers, ops
 
 from keras_sepvit.layers import PACKAGE
+from keras_sepvit.preprocessing import resolve_data_format
+from keras_sepvit.tasks.segmentation_losses import mean_iou, segmentation_loss  # also re-exported
 
 LEVELS = ("P2", "P3", "P4", "P5")
 NORMS = ("group", "batch")
-
-
-def _data_format(data_format):
-    data_format = data_format or keras.config.image_data_format()
-    if data_format not in ("channels_last", "channels_first"):
-        raise ValueError(
-            "`data_format` must be 'channels_last' or 'channels_first'. "
-            f"Received: data_format={data_format!r}"
-        )
-    return data_format
 
 
 def _spatial(x, data_format):
@@ -154,7 +146,7 @@ class FPNNeck(layers.Layer):
             raise ValueError(f"`channels` must be a positive int. Received: channels={channels!r}")
         self.channels = channels
         self.levels = _check_levels(levels)
-        self.data_format = _data_format(data_format)
+        self.data_format = resolve_data_format(data_format)
         conv = dict(data_format=self.data_format)
         self.lateral = {
             k: layers.Conv2D(channels, 1, name=f"lateral_{k}", **conv) for k in self.levels
@@ -244,7 +236,7 @@ class SemanticFPNHead(layers.Layer):
         self.groups = groups
         self.dropout = dropout
         self.levels = _check_levels(levels)
-        self.data_format = _data_format(data_format)
+        self.data_format = resolve_data_format(data_format)
         axis = -1 if self.data_format == "channels_last" else 1
         finest = int(self.levels[0][1:])
         self.stages = {}
@@ -347,7 +339,7 @@ class UpsampleLike(layers.Layer):
             )
         self.factor = factor
         self.interpolation = interpolation
-        self.data_format = _data_format(data_format)
+        self.data_format = resolve_data_format(data_format)
 
     def call(self, inputs):
         x, reference = inputs
@@ -409,22 +401,6 @@ def pyramid_model(backbone, pyramid_keys=None):
         )
     renamed = {level: outputs[k] for level, k in zip(LEVELS, keys)}
     return keras.Model(backbone.inputs, renamed, name="pyramid")
-
-
-def segmentation_loss(ignore_class=255):
-    """Per-pixel sparse cross-entropy on logits; pixels labelled `ignore_class` are left out."""
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_class)
-
-
-def mean_iou(num_classes, ignore_class=255, name="mean_iou"):
-    """`keras.metrics.MeanIoU` on integer labels and logits (argmax), ignoring `ignore_class`."""
-    return keras.metrics.MeanIoU(
-        num_classes,
-        name=name,
-        ignore_class=ignore_class,
-        sparse_y_true=True,
-        sparse_y_pred=False,
-    )
 
 
 def _image_segmenter():
@@ -516,7 +492,7 @@ class SemanticFPNSegmenter(_image_segmenter()):
             [x, inputs]
         )  # (B, H, W, classes)
         if activation == "softmax":
-            axis = -1 if _data_format(data_format) == "channels_last" else 1
+            axis = -1 if resolve_data_format(data_format) == "channels_last" else 1
             x = layers.Softmax(axis=axis, dtype="float32", name="probabilities")(x)
         super().__init__(inputs=inputs, outputs=x, compile=False, **kwargs)
         self.backbone = backbone

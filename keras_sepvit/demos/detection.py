@@ -2,14 +2,14 @@
 
 `train_and_evaluate_detector` trains keras-hub's RetinaNet (through
 `sepvit_retinanet`) from random initialisation on digit scenes
-(`keras_sepvit.digit_scenes`) and scores it with COCO mAP (pycocotools) on
+(`keras_sepvit.data.digit_scenes`) and scores it with COCO mAP (pycocotools) on
 held-out scenes; `draw_detections` draws the result on a matplotlib axis.
 
 Example:
 
 ```python
-from keras_sepvit.digit_scenes import make_digit_scenes
-from keras_sepvit.tasks.detection_demo import train_and_evaluate_detector
+from keras_sepvit.data.digit_scenes import make_digit_scenes
+from keras_sepvit.demos.detection import SCENES, train_and_evaluate_detector
 
 train = make_digit_scenes(2400, **SCENES, split="train", seed=0)
 test = make_digit_scenes(500, **SCENES, split="test", seed=1)
@@ -19,7 +19,7 @@ print(result["map50"], result["map"], result["seconds"])
 
 Or both backbones, the table, a picture and `report.json`:
 
-    python -m keras_sepvit.tasks.detection_demo --out runs/detection_demo
+    python -m keras_sepvit.demos.detection --out runs/detection_demo
 """
 
 import time
@@ -27,8 +27,9 @@ import time
 import keras
 import numpy as np
 
-from keras_sepvit.digit_scenes import CLASS_NAMES, NUM_CLASSES, pad_boxes
-from keras_sepvit.tasks.peers import mit_b0
+from keras_sepvit.data.digit_scenes import CLASS_NAMES, NUM_CLASSES, make_digit_scenes, pad_boxes
+from keras_sepvit.demos.backbones import build_backbone
+from keras_sepvit.preprocessing import normalize_images
 
 BACKBONES = ("sepvit_lite", "mit_b0")
 # Demo defaults, tuned on training scenes only (see the README): digits are
@@ -39,25 +40,8 @@ HEAD_CONV_LAYERS = 1
 SCENES = {"image_size": (64, 64), "digits_per_scene": (1, 3), "digit_scale": (2, 3)}
 
 
-def make_backbone(backbone_name, image_size=(128, 128), seed=0):
-    """A randomly initialised pyramid backbone: "sepvit_lite" (dense) or "mit_b0"."""
-    if backbone_name not in BACKBONES:
-        raise ValueError(
-            f"`backbone_name` must be one of {BACKBONES}. Received: backbone_name={backbone_name!r}"
-        )
-    keras.utils.set_random_seed(seed)
-    if backbone_name == "mit_b0":
-        return mit_b0((*image_size, 3))
-    from keras_sepvit.hub import SepViTBackbone
-    from keras_sepvit.model import MODEL_CONFIGS
-
-    return SepViTBackbone(**MODEL_CONFIGS["lite"], dense=True, image_shape=(*image_size, 3))
-
-
 def _inputs(images):
-    from keras_sepvit.model import normalize_images
-
-    return np.asarray(normalize_images(np.asarray(images, "float32")))
+    return normalize_images(np.asarray(images, "float32"))
 
 
 def _training_batches(images, targets, batch_size, seed):
@@ -151,7 +135,7 @@ def train_and_evaluate_detector(
             f"{images.shape[1:]} and {test_scenes['images'].shape[1:]}"
         )
     image_size = images.shape[1:3]
-    backbone = make_backbone(backbone_name, image_size, seed)
+    backbone = build_backbone(backbone_name, image_size, seed=seed)
     detector = sepvit_retinanet(
         backbone,
         NUM_CLASSES,
@@ -249,8 +233,6 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--backbones", default=",".join(BACKBONES))
     args = p.parse_args(argv)
-    from keras_sepvit.digit_scenes import make_digit_scenes
-
     os.makedirs(args.out, exist_ok=True)
     train = make_digit_scenes(args.train_scenes, **SCENES, split="train", seed=0)
     test = make_digit_scenes(args.test_scenes, **SCENES, split="test", seed=1)

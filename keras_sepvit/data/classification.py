@@ -1,4 +1,4 @@
-"""Input pipelines for training and evaluation (tf.data; TensorFlow only).
+"""Classification input pipelines for training and evaluation (tf.data; TensorFlow only).
 
 Sources: any `tensorflow-datasets` name (ImageNet-1K is `imagenet2012`, which
 needs the manual download), or a folder of images laid out as
@@ -14,21 +14,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keras_sepvit.data.splits import Split
+
 IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-
-
-class Split:
-    """A split of a dataset: `(image uint8 HxWx3, label int)` pairs and facts about them."""
-
-    def __init__(self, dataset, num_examples, class_names):
-        self.dataset = dataset
-        self.num_examples = num_examples
-        self.class_names = list(class_names)
-
-    @property
-    def num_classes(self):
-        return len(self.class_names)
 
 
 def unreadable_images(paths):

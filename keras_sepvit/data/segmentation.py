@@ -23,19 +23,17 @@ short side 512 and scores at the original resolution.
 """
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
+from keras_sepvit.data import digit_scenes
+from keras_sepvit.data.splits import DataError, Split
+from keras_sepvit.preprocessing import normalize_images
+
 IGNORE_CLASS = 255
-
-
-@dataclass
-class Split:
-    """A tf.data dataset of `(image uint8 (H, W, 3), label uint8 (H, W))` and its size."""
-
-    dataset: object
-    num_examples: int
+# Digit scenes for segmentation: 1-3 digits, the 8x8 scans scaled x3-4 (24-32
+# pixels, strokes at least 3 pixels wide); the segmentation demo's layout.
+DIGIT_SCENES = dict(digit_scale=(3, 4), digits_per_scene=(1, 3))
 
 
 def _folder_split(root, split):
@@ -45,7 +43,7 @@ def _folder_split(root, split):
     label_dir = os.path.join(root, "annotations", split)
     for folder in (image_dir, label_dir):
         if not os.path.isdir(folder):
-            raise ValueError(
+            raise DataError(
                 "An image/label folder must be laid out as root/images/<split>/NAME.jpg and "
                 f"root/annotations/<split>/NAME.png. Received: no folder {folder!r}"
             )
@@ -53,12 +51,12 @@ def _folder_split(root, split):
     labels = {os.path.splitext(n)[0]: n for n in os.listdir(label_dir)}
     missing = [n for n in names if n not in labels]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{len(missing)} images of {image_dir!r} have no label map in {label_dir!r} "
             f"(e.g. {missing[:3]})"
         )
     if not names:
-        raise ValueError(f"No images in {image_dir!r}. Received: an empty folder")
+        raise DataError(f"No images in {image_dir!r}. Received: an empty folder")
     images = {os.path.splitext(n)[0]: n for n in os.listdir(image_dir)}
     image_paths = [os.path.join(image_dir, images[n]) for n in names]
     label_paths = [os.path.join(label_dir, labels[n]) for n in names]
@@ -80,7 +78,7 @@ def _tfds_split(name, split, data_dir):
     info = builder.info
     keys = [k for k in info.features.keys() if k != "image"]
     if "image" not in info.features or not keys:
-        raise ValueError(
+        raise DataError(
             f"tfds dataset {name!r} needs an 'image' and a label-map feature. "
             f"Received: features {list(info.features.keys())}"
         )
@@ -112,20 +110,16 @@ def load_split(dataset, split, data_dir=None):
 
 
 def digit_scene_splits(num_train=2000, num_test=300, image_size=64, seed=0):
-    """Training and held-out digit scenes (disjoint scans) as `Split`s, laid
-    out as the segmentation demo's (`segmentation_demo.SCENES`)."""
+    """Training and held-out digit scenes (disjoint scans) as `Split`s of
+    `(image uint8 (S, S, 3), mask uint8 (S, S))`, laid out as `DIGIT_SCENES`."""
     import tensorflow as tf
-
-    from keras_sepvit import digit_scenes
-    from keras_sepvit.tasks.segmentation_demo import SCENES
 
     splits = []
     for split, count, offset in (("train", num_train, 0), ("test", num_test, 1)):
         scenes = digit_scenes.make_digit_scenes(
             count,
             image_size=(image_size, image_size),
-            digit_scale=SCENES["digit_scale"],
-            digits_per_scene=SCENES["digits_per_scene"],
+            **DIGIT_SCENES,
             split=split,
             seed=seed + offset,
         )
@@ -141,12 +135,6 @@ def _labels(label, reduce_zero_label):
     if reduce_zero_label:  # ADE20K: 0 ("other") ignored, classes 1..150 -> 0..149
         label = tf.where(label == 0, IGNORE_CLASS, label - 1)
     return label
-
-
-def _normalize(image):
-    from keras_sepvit.model import normalize_images
-
-    return normalize_images(image)
 
 
 def _augment(image, label, seed, crop_size, scale_range, base_scale, flip):
@@ -226,7 +214,7 @@ def train_dataset(
                 base_scale,
                 flip,
             )
-            return _normalize(image), label
+            return normalize_images(image), label
 
         return (
             data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -255,7 +243,7 @@ def eval_dataset(split, batch_size, size=512, reduce_zero_label=False, limit=Non
         image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
         label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=IGNORE_CLASS)
         image = tf.ensure_shape(image, (size, size, 3))
-        return _normalize(image), tf.ensure_shape(label, (size, size))
+        return normalize_images(image), tf.ensure_shape(label, (size, size))
 
     data = split.dataset if limit is None else split.dataset.take(limit)
     return data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)

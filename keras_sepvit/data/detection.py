@@ -1,0 +1,351 @@
+"""Object detection input pipelines (tf.data; TensorFlow only).
+
+Sources (`load_source`), each a `Split` whose examples are dicts: "image"
+(H, W, 3) uint8, "boxes" (n, 4) xyxy pixels, "labels" (n,) contiguous class
+ids, "image_id" int64, "crowd" (n,) bool:
+- a tfds detection dataset (`coco/2017`: "objects/bbox", "objects/label");
+- a COCO-JSON folder: `root/<split>/annotations.json` with the images at
+  `root/<split>/<file_name>` or `root/<split>/images/<file_name>` (the split
+  keeps the file's `COCO` ground truth and its category ids);
+- the offline digit scenes (`keras_sepvit.data.digit_scenes`, 128x128).
+
+Pipelines: images keep their aspect ratio (shorter side `min_side`, longer
+at most `max_side`; digit scenes keep their size), are padded bottom/right
+to one square canvas (`canvas_side`) so every batch has a static shape, and
+normalised with the ImageNet statistics. Training batches are a function of
+the seed and the step only, so a resumed run sees the batches an
+uninterrupted one would. Unreadable sources raise `DataError`.
+"""
+
+import contextlib
+import io
+import json
+import math
+import os
+
+import numpy as np
+
+from keras_sepvit.data.digit_scenes import CLASS_NAMES, make_digit_scenes
+from keras_sepvit.data.splits import DataError, Split
+from keras_sepvit.preprocessing import normalize_images
+
+ANNOTATIONS = "annotations.json"
+SCENE_SIDE = 128  # digit scenes: 128x128 canvases
+
+
+def _tfds_source(name, split, data_dir=None):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        dataset = builder.as_dataset(split=split, shuffle_files=False)
+    except Exception as e:  # tfds raises many types for a missing/unknown dataset
+        raise DataError(f"cannot load tfds dataset {name!r} split {split!r}: {e}") from e
+    features = builder.info.features
+    if "objects" not in features or "bbox" not in features["objects"]:
+        raise DataError(
+            f"tfds dataset {name!r} has no objects/bbox feature: it is not a "
+            "detection dataset (use coco/2017, a COCO-JSON folder or --digit-scenes)"
+        )
+
+    def convert(example):
+        image = example["image"]
+        size = tf.cast(tf.shape(image)[:2], tf.float32)
+        ymin, xmin, ymax, xmax = tf.unstack(example["objects"]["bbox"], 4, axis=-1)
+        boxes = tf.stack([xmin * size[1], ymin * size[0], xmax * size[1], ymax * size[0]], -1)
+        objects = example["objects"]
+        crowd = objects["is_crowd"] if "is_crowd" in objects else tf.zeros_like(objects["label"])
+        boxes = tf.reshape(boxes, (-1, 4))  # (n, 4) xyxy pixels
+        # One length for all (tfds' mock data draws each sequence's own).
+        count = tf.reduce_min(
+            tf.stack([tf.shape(boxes)[0], tf.size(objects["label"]), tf.size(crowd)])
+        )
+        return {
+            "image": image,
+            "boxes": boxes[:count],
+            "labels": tf.cast(objects["label"][:count], tf.int32),
+            "image_id": tf.cast(example.get("image/id", 0), tf.int64),
+            "crowd": tf.cast(crowd[:count], tf.bool),
+        }
+
+    size = builder.info.splits[split].num_examples if split in builder.info.splits else None
+    names = features["objects"]["label"].names
+    return Split(dataset.map(convert), size, names)
+
+
+def _read_coco(path, root, split):
+    """The `pycocotools.coco.COCO` index of a COCO annotation file, checked."""
+    from pycocotools.coco import COCO
+
+    if not os.path.isfile(path):
+        raise DataError(
+            f"{path} not found: a COCO-JSON folder holds <split>/{ANNOTATIONS} and the "
+            f"images. Received: --dataset {root} (split {split!r})"
+        )
+    try:
+        with open(path) as f:
+            dataset = json.load(f)
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(dataset.get(key), list):
+                raise ValueError(f"its {key!r} is missing or not a list")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is not a COCO annotation file: {e}") from e
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _folder_source(root, split):
+    import tensorflow as tf
+
+    folder = os.path.join(root, split)
+    path = os.path.join(folder, ANNOTATIONS)
+    coco = _read_coco(path, root, split)
+    category_ids = sorted(coco.getCatIds())
+    index = {c: i for i, c in enumerate(category_ids)}
+    names = [coco.cats[c].get("name", str(c)) for c in category_ids]
+    files, boxes, labels, crowd, ids = [], [], [], [], []
+    for image_id in sorted(coco.getImgIds()):
+        name = coco.imgs[image_id]["file_name"]
+        candidates = [os.path.join(folder, name), os.path.join(folder, "images", name)]
+        file = next((c for c in candidates if os.path.isfile(c)), None)
+        if file is None:
+            raise DataError(
+                f"image {name!r} (id {image_id}) of {path} is missing: looked for "
+                f"{candidates[0]} and {candidates[1]}"
+            )
+        anns = coco.imgToAnns.get(image_id, [])
+        for ann in anns:
+            if ann["category_id"] not in index:
+                raise DataError(
+                    f"{path}: annotation {ann.get('id')} has category_id "
+                    f"{ann['category_id']}, which is not in 'categories'"
+                )
+        xywh = np.asarray([a["bbox"] for a in anns], "float32").reshape(-1, 4)
+        files.append(file)
+        boxes.append(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1))  # (n, 4) xyxy
+        labels.append(np.asarray([index[a["category_id"]] for a in anns], "int32"))
+        crowd.append(np.asarray([bool(a.get("iscrowd", 0)) for a in anns], bool))
+        ids.append(image_id)
+    if not files:
+        raise DataError(f"{path} lists no images")
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {
+            "file": files,
+            "image_id": np.asarray(ids, "int64"),
+            "boxes": tf.ragged.constant(boxes, ragged_rank=1, inner_shape=(4,), dtype=tf.float32),
+            "labels": tf.ragged.constant(labels, dtype=tf.int32),
+            "crowd": tf.ragged.constant(crowd, dtype=tf.bool),
+        }
+    )
+
+    def load(example):
+        image = tf.io.decode_image(
+            tf.io.read_file(example["file"]), channels=3, expand_animations=False
+        )
+        return {
+            "image": image,
+            "boxes": tf.reshape(example["boxes"], (-1, 4)),
+            "labels": example["labels"],
+            "image_id": example["image_id"],
+            "crowd": example["crowd"],
+        }
+
+    return Split(dataset.map(load), len(files), names, coco_gt=coco, category_ids=category_ids)
+
+
+def digit_scene_source(split, num_scenes=2048, seed=0):
+    """Digit scenes (128x128, 1-4 digits of 16-32 pixels) as a detection `Split`.
+
+    Args:
+        split: "train" or "test" (disjoint scans).
+        num_scenes: int. Training scenes; "test" has `max(num_scenes // 8, 64)`.
+        seed: int. Layout seed of "train"; "test" uses `seed + 1`.
+    """
+    import tensorflow as tf
+
+    if split not in ("train", "test"):
+        raise DataError(f"digit scenes have splits 'train' and 'test'. Received: split {split!r}")
+    count = num_scenes if split == "train" else max(num_scenes // 8, 64)
+    scenes = make_digit_scenes(
+        count,
+        (SCENE_SIDE, SCENE_SIDE),
+        digits_per_scene=(1, 4),
+        digit_scale=(2, 4),
+        split=split,
+        seed=seed if split == "train" else seed + 1,
+    )
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {
+            "image": scenes["images"],
+            "boxes": tf.ragged.constant(
+                scenes["boxes"], ragged_rank=1, inner_shape=(4,), dtype=tf.float32
+            ),
+            "labels": tf.ragged.constant(scenes["labels"], dtype=tf.int32),
+            "image_id": np.arange(1, count + 1, dtype="int64"),
+        }
+    )
+
+    def densify(example):
+        labels = example["labels"]
+        return {
+            "image": example["image"],
+            "boxes": tf.reshape(example["boxes"], (-1, 4)),
+            "labels": labels,
+            "image_id": example["image_id"],
+            "crowd": tf.zeros_like(labels, tf.bool),
+        }
+
+    return Split(dataset.map(densify), count, CLASS_NAMES)
+
+
+def load_source(dataset, split, data_dir=None):
+    """A detection `Split` from a COCO-JSON folder or a tfds name.
+
+    Args:
+        dataset: a folder (see the module docstring) or a tfds name
+            ("coco/2017"). A path that is not a folder is refused.
+        split: split name ("train", "val", "validation", ...).
+        data_dir: tfds data directory.
+    """
+    if os.path.isdir(dataset):
+        return _folder_source(dataset, split)
+    if dataset.startswith((".", "/", "~")) or os.path.isabs(dataset):
+        raise DataError(f"--dataset {dataset} is not a folder")
+    return _tfds_source(dataset, split, data_dir)
+
+
+def canvas_side(max_side):
+    """The square canvas every image is padded to: `max_side` rounded up to 32."""
+    return int(math.ceil(max_side / 32) * 32)
+
+
+def resize(image, boxes, short_side, max_side):
+    """Keeps the aspect ratio: shorter side `short_side`, longer at most `max_side`.
+
+    Returns the resized image, the boxes scaled with it, and the scale.
+    """
+    import tensorflow as tf
+
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = tf.minimum(
+        tf.cast(short_side, tf.float32) / tf.reduce_min(size), max_side / tf.reduce_max(size)
+    )
+    new = tf.cast(tf.round(size * scale), tf.int32)
+    image = tf.image.resize(image, new, method="bilinear")  # (h', w', 3)
+    return image, boxes * scale, scale
+
+
+def pad_to_square(image, side):
+    """`image` (h, w, 3) padded with zeros at the bottom/right to (side, side, 3)."""
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+    return tf.pad(image, [[0, side - shape[0]], [0, side - shape[1]], [0, 0]])
+
+
+def train_dataset(
+    source,
+    batch_size,
+    side,
+    min_side=(800, 800),
+    max_side=1333,
+    max_boxes=100,
+    resize_images=True,
+    flip=True,
+    seed=0,
+    initial_step=0,
+):
+    """Batches `(images (B, side, side, 3), {"boxes" (B, M, 4), "labels" (B, M)})`.
+
+    A function of the seed and the step only: shuffled with a fixed seed (the
+    same order every run), augmented with randomness drawn from (seed,
+    example position), so resuming at `initial_step` skips exactly the
+    batches already trained on. Crowd boxes are dropped, at most `max_boxes`
+    kept (`M`), padded with label -1.
+
+    Args:
+        source: a detection `Split`.
+        batch_size: int.
+        side: int. The square canvas (`canvas_side`).
+        min_side: (low, high). Shorter side, drawn per image in [low, high].
+        max_side: int. Longer side at most.
+        max_boxes: int. Boxes per image.
+        resize_images: bool. False keeps the images' size (digit scenes).
+        flip: bool. Random horizontal flips.
+        seed: int. Data order and augmentation.
+        initial_step: int. Batches to skip (a resumed run's first step).
+    """
+    import tensorflow as tf
+
+    low, high = min_side
+    buffer = min(source.num_examples or 1000, 1000)
+    data = source.dataset.repeat().shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    data = data.enumerate().skip(initial_step * batch_size)
+
+    def prepare(position, example):
+        keep = tf.logical_not(example["crowd"])
+        boxes = tf.boolean_mask(example["boxes"], keep)[:max_boxes]
+        labels = tf.boolean_mask(example["labels"], keep)[:max_boxes]
+        image = tf.cast(example["image"], tf.float32)
+        draw = tf.random.stateless_uniform([2], seed=[seed, position])
+        if resize_images:
+            short = low + tf.cast(tf.floor(draw[0] * (high - low + 1)), tf.int32)
+            image, boxes, _ = resize(image, boxes, tf.minimum(short, high), max_side)
+        if flip and draw[1] < 0.5:
+            width = tf.cast(tf.shape(image)[1], tf.float32)
+            image = tf.reverse(image, axis=[1])
+            boxes = tf.stack(
+                [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1
+            )
+        image = normalize_images(pad_to_square(image, side))
+        image = tf.ensure_shape(image, (side, side, 3))
+        return image, {"boxes": boxes, "labels": labels}
+
+    data = data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    data = data.padded_batch(
+        batch_size,
+        padded_shapes=((side, side, 3), {"boxes": (max_boxes, 4), "labels": (max_boxes,)}),
+        padding_values=(0.0, {"boxes": 0.0, "labels": -1}),
+        drop_remainder=True,
+    )
+    return data.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(source, side, short_side=800, max_side=1333, resize_images=True, limit=None):
+    """Per example: the normalised padded "image" (side, side, 3), its "scale",
+    "image_id", original "size" (height, width), "boxes", "labels", "crowd".
+
+    Args:
+        source: a detection `Split`.
+        side: int. The square canvas (`canvas_side`).
+        short_side: int. Shorter side of the resized image.
+        max_side: int. Longer side at most.
+        resize_images: bool. False keeps the images' size (digit scenes).
+        limit: int or None. Only the first `limit` examples.
+    """
+    import tensorflow as tf
+
+    data = source.dataset if limit is None else source.dataset.take(limit)
+
+    def prepare(example):
+        image = tf.cast(example["image"], tf.float32)
+        height_width = tf.shape(image)[:2]
+        scale = tf.constant(1.0)
+        if resize_images:
+            image, _, scale = resize(image, example["boxes"], short_side, max_side)
+        image = tf.ensure_shape(normalize_images(pad_to_square(image, side)), (side, side, 3))
+        return {
+            "image": image,
+            "scale": scale,
+            "image_id": example["image_id"],
+            "size": height_width,
+            "boxes": example["boxes"],
+            "labels": example["labels"],
+            "crowd": example["crowd"],
+        }
+
+    return data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
