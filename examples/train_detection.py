@@ -54,6 +54,8 @@ def _int_pair(text, flag):
 
 
 def parse_args(argv=None):
+    from keras_sepvit.training.cli import add_run_arguments, check_run_arguments
+
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -75,9 +77,7 @@ def parse_args(argv=None):
         default=None,
         help="SepViT classifier for the backbone (.keras, .weights.h5, or the authors' .pth/.npz)",
     )
-    a("--out", default="runs/detection", help="checkpoints and log")
-    a("--resume", action="store_true", help="continue from --out (weights, optimizer, epoch)")
-    a("--overwrite", action="store_true", help="start over in an --out that holds a run")
+    add_run_arguments(p, "runs/detection", out_help="checkpoints and log")
     a("--epochs", type=int, default=12, help="training epochs (1x)")
     a("--lr-steps", default="8,11", help="epochs after which the lr is multiplied by 0.1")
     a("--batch-size", type=int, default=16, help="batch size")
@@ -97,8 +97,7 @@ def parse_args(argv=None):
     a("--val-images", type=int, default=None, help="evaluate on the first N validation images")
     a("--eval-batch-size", type=int, default=8, help="evaluation batch size")
     args = p.parse_args(argv)
-    if args.resume and args.overwrite:
-        p.error("--resume continues the run in --out, --overwrite deletes it: pass one")
+    check_run_arguments(p, args)
     for flag in ("epochs", "batch_size", "max_boxes", "eval_batch_size"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1. Received: {getattr(args, flag)}")

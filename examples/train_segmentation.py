@@ -47,6 +47,8 @@ DATASETS = {  # name: (num_classes, reduce_zero_label, val split)
 
 
 def parse_args(argv=None):
+    from keras_sepvit.training.cli import add_run_arguments, check_run_arguments
+
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -77,13 +79,7 @@ def parse_args(argv=None):
     a("--fpn-channels", type=int, default=256, help="Semantic FPN: FPN channels")
     a("--head-channels", type=int, default=128, help="Semantic FPN: head channels")
     a("--crop-size", type=int, default=None, help="training crop / eval size; default 512")
-    a("--out", default="runs/segmentation", help="checkpoints, CSV and TensorBoard logs")
-    a("--resume", action="store_true", help="continue from --out (weights, optimizer, epoch)")
-    a(
-        "--overwrite",
-        action="store_true",
-        help="start over in an --out that holds a run (deletes its checkpoints and logs)",
-    )
+    add_run_arguments(p, "runs/segmentation")
     a("--iterations", type=int, default=80000, help="training iterations (the paper: 80k)")
     a("--steps-per-epoch", type=int, default=None, help="iterations between checkpoints/evals")
     a("--batch-size", type=int, default=16, help="global batch size")
@@ -98,8 +94,7 @@ def parse_args(argv=None):
     a("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
     a("--verbose", type=int, default=2, choices=[0, 1, 2], help="Keras progress output")
     args = p.parse_args(argv)
-    if args.resume and args.overwrite:
-        p.error("--resume continues the run in --out, --overwrite deletes it: pass one")
+    check_run_arguments(p, args)
     for flag in ("iterations", "batch_size"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1. Received: {getattr(args, flag)}")

@@ -173,6 +173,7 @@ def test_default_input_shape(image_data_format, include_top, expected):
 
 
 @pytest.mark.parametrize("kwargs", [dict(include_top=False), dict(classes=7)])
+@pytest.mark.slow
 def test_channels_first_equals_channels_last_transposed(tmp_path, kwargs):
     image = _image((2, 64, 96, 3), seed=1)
     last = keras_sepvit.SepViTLite(input_shape=(None, None, 3), **kwargs)
@@ -247,6 +248,7 @@ def test_weights_for_other_channels_name_the_stem(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("size", [(123, 123), (32, 32), (33, 97), (250, 40)])
+@pytest.mark.slow
 def test_any_size_from_32(size):
     model = keras_sepvit.SepViTLite(input_shape=size + (3,), include_top=False)
     dynamic = keras_sepvit.SepViTLite(input_shape=(None, None, 3), include_top=False)

@@ -3,6 +3,7 @@
 import pytest
 
 
+@pytest.mark.slow
 def test_train_step_quick(load_script, capsys):
     rows = load_script("benchmarks", "train_step").main(["--quick"])
     assert [(r["backend"], r["jit"]) for r in rows] == [("tensorflow", False)]
@@ -11,6 +12,7 @@ def test_train_step_quick(load_script, capsys):
     assert "SepViT-T / ConvNeXtTiny" in out and "SepViT-T / Swin-T (PyTorch)" in out
 
 
+@pytest.mark.slow
 def test_edge_latency_quick(load_script, capsys):
     module = load_script("benchmarks", "edge_latency")
     out = module.main(["--quick"])
@@ -28,6 +30,7 @@ def test_edge_latency_quick(load_script, capsys):
     assert "| SepViT-Lite | int8 |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_onnx_latency_quick(load_script, capsys):
     module = load_script("benchmarks", "onnx_latency")
     results = module.main(["--quick"])
@@ -46,6 +49,7 @@ def test_inference_throughput_quick(load_script, capsys):
     assert "SepViT-T / ConvNeXt-T" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_resolution_scaling_quick(load_script, capsys):
     module = load_script("benchmarks", "resolution_scaling")
     results = module.main(["--quick"])
@@ -60,6 +64,7 @@ def test_resolution_scaling_quick(load_script, capsys):
 
 
 @pytest.mark.parametrize("mode", ["inference", "train"])
+@pytest.mark.slow
 def test_gpu_throughput_script_runs_on_jax_and_torch_without_tensorflow(mode):
     """The GPU script's quick mode on the CPU: SepViT on the JAX backend never
     imports TensorFlow (the GPU machine has none), inference and training."""

@@ -107,6 +107,7 @@ def _check_detection(got, model, x):
         assert np.linalg.norm(got[key] - value) <= 1e-4 * np.linalg.norm(value), key
 
 
+@pytest.mark.slow
 def test_retinanet_raw_outputs_to_tflite(detector, tmp_path):
     path = export.to_tflite(detector, tmp_path / "det.tflite")
     assert not [op for op in export.tflite_ops(path) if op.startswith("Flex")]
@@ -115,12 +116,14 @@ def test_retinanet_raw_outputs_to_tflite(detector, tmp_path):
     _check_detection(got, detector, x)
 
 
+@pytest.mark.slow
 def test_retinanet_raw_outputs_to_onnx(detector, tmp_path):
     path = export.to_onnx(detector, tmp_path / "det.onnx")
     x = _images(2, seed=3)
     _check_detection(export.ONNXRunner(path)(x), detector, x)
 
 
+@pytest.mark.slow
 def test_exported_detector_outputs_decode_like_keras(tmp_path):
     retinanet_task = pytest.importorskip("keras_sepvit.tasks.retinanet")
     detector = retinanet()

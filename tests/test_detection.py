@@ -171,7 +171,9 @@ def test_stride_keyed_backbone_config_round_trip():
 
 
 def test_warmup_step_decay():
-    schedule = retinanet.WarmupStepDecay(1e-4, warmup_steps=10, boundaries=[20, 30])
+    from keras_sepvit.training.schedules import WarmupStepDecay
+
+    schedule = WarmupStepDecay(1e-4, warmup_steps=10, boundaries=[20, 30])
     rates = [float(schedule(step)) for step in (0, 5, 10, 19, 20, 29, 30, 99)]
     np.testing.assert_allclose(
         rates, [1e-7, 1e-4 * (0.001 + 0.999 * 0.5), 1e-4, 1e-4, 1e-5, 1e-5, 1e-6, 1e-6], rtol=1e-5
@@ -179,7 +181,7 @@ def test_warmup_step_decay():
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
     assert clone.get_config() == schedule.get_config()
     with pytest.raises(ValueError, match="learning_rate=0"):
-        retinanet.WarmupStepDecay(0, 1, [])
+        WarmupStepDecay(0, 1, [])
 
 
 def test_draw_detections_skips_padding_and_low_scores():

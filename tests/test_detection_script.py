@@ -89,6 +89,7 @@ def folder_run(script, backbone_preset, tmp_path_factory):
     return root, out, state, printed.getvalue()
 
 
+@pytest.mark.slow
 def test_coco_folder_trains_evaluates_and_refuses_to_overwrite(script, backbone_preset, folder_run):
     from keras_sepvit import training
 
@@ -174,6 +175,7 @@ def test_evaluation_maps_categories_back_to_the_files_ids(tmp_path):
     assert metrics["map"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_tfds_coco_mock_data(script, backbone_preset, tmp_path, capsys):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=4):

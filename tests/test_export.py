@@ -27,6 +27,7 @@ def test_tflite_float32_matches_reference_with_builtin_ops(reference_model, refe
     assert {"BATCH_MATMUL", "SOFTMAX", "CONV_2D", "DEPTHWISE_CONV_2D"} <= ops
 
 
+@pytest.mark.slow
 def test_onnx_matches_reference_and_passes_checker(reference_model, reference_io, tmp_path):
     import onnx
     import onnxruntime as ort
@@ -42,6 +43,7 @@ def test_onnx_matches_reference_and_passes_checker(reference_model, reference_io
     assert np.abs(got - reference_io["logits"]).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_float16_and_dynamic_range(reference_model, reference_io, tmp_path):
     x = reference_io["input_nhwc"]
     expected = reference_model.predict(x, verbose=0)
@@ -107,6 +109,7 @@ def test_model_graph_stays_at_rank_5(size):
     assert not ranks
 
 
+@pytest.mark.slow
 def test_run_tflite_example_classifies_image_files(tmp_path, load_script):
     import keras
 
@@ -150,6 +153,7 @@ def test_run_tflite_example_classifies_image_files(tmp_path, load_script):
             assert [named[0][0] for _, named in results] == [names[i] for i in keras_top]
 
 
+@pytest.mark.slow
 def test_a_crashing_quantized_file_is_a_clear_error_not_a_crash(tmp_path, monkeypatch):
     """LiteRT's quantized kernels can abort the process (SIGABRT, no Python
     exception), as they did on an untrained SepViT before LayerNorm took its
@@ -168,6 +172,7 @@ def test_a_crashing_quantized_file_is_a_clear_error_not_a_crash(tmp_path, monkey
         export.to_tflite(model, str(tmp_path / "abort.tflite"), "int8-full", calibration)
 
 
+@pytest.mark.slow
 def test_export_command_reports_every_format(tmp_path, load_script, monkeypatch):
     """The export CLI on a fresh model: formats are written and compared; a
     format that fails (its LiteRT run aborts, forced here) is reported as

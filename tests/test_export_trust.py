@@ -44,6 +44,7 @@ def test_bad_calibration_data_is_refused_before_work(model, tmp_path, calibratio
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_quantized_file_that_disagrees_with_keras_is_an_error_and_not_left(
     model, tmp_path, monkeypatch
 ):

@@ -250,6 +250,7 @@ def test_preset_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(backbone_presets))
+@pytest.mark.slow
 def test_builtin_preset_builds_offline(name):
     """Every registered name builds from the shipped config (no download):
     the paper's table, the listed parameter count, random weights."""
@@ -358,11 +359,11 @@ def test_other_backends(backend, selection, reference_dir):
             "-s",
             "-p",
             "no:cacheprovider",
-            *NO_CONFTEST.get(backend, []),
-            "-m",
-            "not slow",
+            # every tier of this file but the child runs themselves (the
+            # PyTorch child, without conftest, has no tiers)
+            *(NO_CONFTEST.get(backend) or ["--full"]),
             "-k",
-            f"{selection}not import_keras_sepvit",
+            f"{selection}not import_keras_sepvit and not test_other_backends",
             os.path.join(ROOT, "tests", "test_hub_backbone.py"),
         ],
         env=env,

@@ -35,6 +35,7 @@ def _ort_nodes(path, tmp_path):
 
 
 @pytest.mark.parametrize("batch_size", [1, None])
+@pytest.mark.slow
 def test_lite_matches_reference_and_ort_fuses_layer_norm_and_gelu(
     reference_model, reference_io, tmp_path, batch_size
 ):
@@ -95,6 +96,7 @@ def test_int8_runs_and_agrees_with_float(reference_model, reference_io, tmp_path
         (dict(input_shape=(32, 32, 3), window_token="zero"), (1,)),
     ],
 )
+@pytest.mark.slow
 def test_rewrites_keep_other_configurations_exact(kwargs, batch_sizes, tmp_path):
     """to_onnx compares with Keras (1e-4) itself; trained-like weights (no
     zero biases for TensorFlow to fold away) exercise every pattern."""
@@ -107,6 +109,7 @@ def test_rewrites_keep_other_configurations_exact(kwargs, batch_sizes, tmp_path)
         assert os.path.exists(path)
 
 
+@pytest.mark.slow
 def test_optimize_reports_its_rewrites(tmp_path):
     import onnx
 

@@ -238,6 +238,7 @@ np.save(sys.argv[4], keras.ops.convert_to_numpy(model(x)))
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.slow
 def test_segmenter_runs_the_same_on_other_backends(backend, tmp_path):
     pytest.importorskip(backend)
     model = tiny_segmenter(image_shape=(40, 56, 3), dropout=0.0)
@@ -266,7 +267,7 @@ def test_segmenter_runs_the_same_on_other_backends(backend, tmp_path):
 
 
 def test_poly_schedule_warmup_then_decay_and_round_trip():
-    from keras_sepvit.tasks.segmentation_demo import PolyDecay
+    from keras_sepvit.training.schedules import PolyDecay
 
     schedule = PolyDecay(1e-3, total_steps=100, warmup_steps=10)
     rates = [float(schedule(step)) for step in (0, 9, 10, 55, 100)]
@@ -280,6 +281,7 @@ def test_poly_schedule_warmup_then_decay_and_round_trip():
         PolyDecay(1e-3, 5, 5)
 
 
+@pytest.mark.slow
 def test_segmentation_demo_short_run(monkeypatch):
     from keras_sepvit.demos import segmentation as segmentation_demo
 

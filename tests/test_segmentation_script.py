@@ -56,6 +56,7 @@ def _weights(directory):
     return model.get_weights()
 
 
+@pytest.mark.slow
 def test_digit_scenes_run_checkpoints_and_refuses_existing_out(script, tmp_path):
     out = str(tmp_path / "run")
     script.main([*DIGITS, "--iterations", "2", "--steps-per-epoch", "1", "--out", out])
@@ -145,6 +146,7 @@ def test_image_folders_with_deeplabv3(script, tmp_path):
     assert 0.0 <= float(_rows(out)[-1]["val_mean_iou"]) <= 1.0
 
 
+@pytest.mark.slow
 def test_tfds_scene_parse150_mock(script, tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     out = str(tmp_path / "run")

@@ -74,6 +74,7 @@ def test_int8_file_for_xnnpack(lite_with_preprocessing, reference_io, tmp_path):
     assert np.abs(got - expected).max() < 0.25 * np.abs(expected).max()
 
 
+@pytest.mark.slow
 def test_batch_option(tmp_path):
     model = keras_sepvit.SepViTLite(input_shape=(64, 96, 3), classes=5)
     x = np.random.default_rng(0).uniform(0, 255, (5, 64, 96, 3)).astype("float32")

@@ -38,6 +38,7 @@ def _check_structure(result):
     assert 0 < taken <= total and 1 <= partitions <= taken
 
 
+@pytest.mark.slow
 def test_quick_mode_profiles_float32_and_dynamic(tool, capsys):
     results = tool.main(["--quick"])
     assert set(results) == {"float32", "dynamic"}

@@ -3,12 +3,14 @@
 Both backbones are randomly initialised and get the same head, data,
 optimiser and number of steps; the score is `keras.metrics.MeanIoU` (11
 classes: background + 10 digits) on held-out scenes, made from scans that no
-training scene uses (`keras_sepvit.digit_scenes`). TensorFlow backend (the
-input pipeline is tf.data).
+training scene uses (`keras_sepvit.data.digit_scenes`). TensorFlow backend
+(the input pipeline is tf.data).
 
-    from keras_sepvit.tasks import segmentation_demo
-    rows = segmentation_demo.run(["sepvit_lite", "mit_b0"], steps=600)
-    print(segmentation_demo.format_table(rows))
+    from keras_sepvit.demos import segmentation
+    rows = segmentation.run(["sepvit_lite", "mit_b0"], steps=600)
+    print(segmentation.format_table(rows))
+
+Or `python -m keras_sepvit.demos.segmentation [--steps N] [--out report.json]`.
 """
 
 import time
@@ -17,49 +19,23 @@ import keras
 import numpy as np
 
 from keras_sepvit.data import digit_scenes
-from keras_sepvit.demos.peers import mit_b0
-from keras_sepvit.tasks.semantic_fpn import SemanticFPNSegmenter, mean_iou, segmentation_loss
+from keras_sepvit.data.segmentation import DIGIT_SCENES
+from keras_sepvit.demos.backbones import build_backbone
+from keras_sepvit.preprocessing import normalize_images
+from keras_sepvit.tasks.segmentation_losses import mean_iou, segmentation_loss
+from keras_sepvit.tasks.semantic_fpn import SemanticFPNSegmenter
+from keras_sepvit.training.schedules import poly_schedule
 
 BACKBONES = ("sepvit_lite", "mit_b0")
-SEPVIT_VARIANTS = ("lite", "tiny", "small", "base")
 # The demo's head: the paper's Semantic FPN at a quarter of the width (256 /
 # 128 channels cost most of a CPU step at this image size); the same for both.
 HEAD = dict(fpn_channels=64, head_channels=64, groups=16)
 
 
-def build_backbone(name, image_size, drop_path_rate=0.1):
-    """A randomly initialised feature-pyramid backbone: "sepvit_lite" (the
-    authors' dense SepViT-Lite, `keras_sepvit.hub.SepViTBackbone`; also
-    "sepvit_tiny", "sepvit_small", "sepvit_base") or "mit_b0" (keras-hub's
-    `MiTBackbone`). `image_size` None builds it for any size."""
-    shape = (image_size, image_size, 3)
-    variant = name[len("sepvit_") :] if name.startswith("sepvit_") else None
-    if variant in SEPVIT_VARIANTS:
-        from keras_sepvit.hub import SepViTBackbone
-        from keras_sepvit.model import MODEL_CONFIGS
-
-        config = {
-            k: MODEL_CONFIGS[variant][k]
-            for k in ("depths", "channels", "num_heads", "window_sizes")
-        }
-        return SepViTBackbone(**config, drop_path_rate=drop_path_rate, image_shape=shape)
-    if name == "mit_b0":
-        return mit_b0(shape, max_drop_path_rate=drop_path_rate)
-    names = [f"sepvit_{v}" for v in SEPVIT_VARIANTS] + ["mit_b0"]
-    raise ValueError(f"`backbone` must be one of {names}. Received: backbone={name!r}")
-
-
-def normalize(images):
-    """uint8 RGB -> the ImageNet mean/std normalised floats both backbones take."""
-    from keras_sepvit.preprocessing import normalize_images
-
-    return np.asarray(keras.ops.convert_to_numpy(normalize_images(images)), "float32")
-
-
 # The demo's scenes: 64x64 canvases with 1-3 digits of 24-32 pixels (strokes
-# at least 3 pixels wide; `make_digit_scenes`' defaults, shared with the
-# detection demo, paste 16-32 pixel digits on 128x128).
-SCENES = dict(image_size=64, digit_scale=(3, 4), digits_per_scene=(1, 3))
+# at least 3 pixels wide; `make_digit_scenes`' defaults paste 16-32 pixel
+# digits on 128x128); train_segmentation.py --digit-scenes makes the same.
+SCENES = dict(image_size=64, **DIGIT_SCENES)
 
 
 def make_data(
@@ -82,7 +58,7 @@ def make_data(
             split=split,
             seed=seed + offset,
         )
-        out[split] = (normalize(scenes["images"]), scenes["masks"].astype("int32"))
+        out[split] = (normalize_images(scenes["images"]), scenes["masks"].astype("int32"))
     return out
 
 
@@ -121,7 +97,7 @@ def train_and_evaluate(
     images, masks = data["train"]
     image_size = images.shape[1]
     model = SemanticFPNSegmenter(
-        build_backbone(backbone, image_size),
+        build_backbone(backbone, image_size, drop_path_rate=0.1),
         num_classes=digit_scenes.NUM_MASK_CLASSES,
         **HEAD,
         compile=False,
@@ -163,51 +139,6 @@ def train_and_evaluate(
     }
 
 
-@keras.saving.register_keras_serializable(package="keras_sepvit")
-class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up, then `lr * (1 - t / T) ** power` to `min_learning_rate`
-    (mmsegmentation's "poly" policy, power 0.9, used by Semantic FPN)."""
-
-    def __init__(
-        self, learning_rate, total_steps, warmup_steps=0, power=0.9, min_learning_rate=0.0
-    ):
-        if total_steps <= warmup_steps:
-            raise ValueError(
-                "`total_steps` must be larger than `warmup_steps`. Received: "
-                f"total_steps={total_steps}, warmup_steps={warmup_steps}"
-            )
-        self.learning_rate = float(learning_rate)
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
-        self.power = float(power)
-        self.min_learning_rate = float(min_learning_rate)
-
-    def __call__(self, step):
-        ops = keras.ops
-        step = ops.cast(step, "float32")
-        progress = ops.clip(step / float(self.total_steps), 0.0, 1.0)
-        decayed = (self.learning_rate - self.min_learning_rate) * (
-            1.0 - progress
-        ) ** self.power + self.min_learning_rate
-        if not self.warmup_steps:
-            return decayed
-        warm = self.learning_rate * (step + 1.0) / float(self.warmup_steps)
-        return ops.where(step < self.warmup_steps, ops.minimum(warm, decayed), decayed)
-
-    def get_config(self):
-        return {
-            "learning_rate": self.learning_rate,
-            "total_steps": self.total_steps,
-            "warmup_steps": self.warmup_steps,
-            "power": self.power,
-            "min_learning_rate": self.min_learning_rate,
-        }
-
-
-def poly_schedule(learning_rate, total_steps, warmup_steps=0, power=0.9):
-    return PolyDecay(learning_rate, total_steps, warmup_steps, power)
-
-
 def run(backbones=BACKBONES, steps=800, num_train=2000, num_test=300, seed=0, **kwargs):
     """`train_and_evaluate` for each backbone on the same scenes; a list of result rows."""
     data = make_data(num_train, num_test, seed=seed)
@@ -229,7 +160,7 @@ def format_table(rows):
 
 
 def main(argv=None):
-    """`python -m keras_sepvit.tasks.segmentation_demo [--steps N] [--out report.json]`"""
+    """`python -m keras_sepvit.demos.segmentation [--steps N] [--out report.json]`"""
     import argparse
     import json
     import os

@@ -1,26 +1,17 @@
-"""The paper's training recipe for `model.fit` (Sec. 4.1), resumable and atomic.
+"""The atomic checkpoint store of a training run: write, verify, restore.
 
-AdamW, lr 1e-3 at batch 1024 scaled linearly with the batch, weight decay
-0.05 (0.1 for B) except on biases, norms, window tokens and position-encoding
-convs, linear warm-up (5 epochs, 20 for B) then cosine decay, label smoothing
-0.1, stochastic depth 0.2 / 0.3 / 0.5 (T / S / B), gradient clipping.
+Every epoch one folder `checkpoint/` holding `last.keras` (model + optimizer,
+so the schedule continues), `best.weights.h5` (best validation metric) and
+`state.json` (epoch, history and the files' SHA-256). It is written as
+`checkpoint.tmp/` and renamed into place (the one before is kept as
+`checkpoint.prev/`), so a run killed at any moment leaves a complete
+checkpoint; resume verifies the checksums and refuses a damaged one, and
+loading is all or nothing. A non-finite loss stops training before anything
+of it is saved. `log.csv` is rewritten from the committed history.
 
-Checkpoints: every epoch one folder `checkpoint/` holding `last.keras` (model
-+ optimizer, so the schedule continues), `best.weights.h5` (best validation
-metric) and `state.json` (epoch, history and the files' SHA-256). It is
-written as `checkpoint.tmp/` and renamed into place, so a run killed at any
-moment leaves a complete checkpoint; resume verifies the checksums and
-refuses a damaged one. A run is never overwritten unless asked, and a
-non-finite loss stops training before anything of it is saved.
-
-Distribution, by backend (`distribution_scope` picks it): TensorFlow uses
-`MultiWorkerMirroredStrategy` when a cluster is configured (`TF_CONFIG`, or a
-SLURM job of several tasks), `MirroredStrategy` on several GPUs, a TPU with
-`tpu=`; JAX uses `keras.distribution.DataParallel` over every device of every
-process (`initialize_multi_host` joins processes); PyTorch trains on one
-device. In a cluster only the chief (TF: task "chief", else worker 0; JAX:
-process 0) commits checkpoints; the other workers make the same calls into a
-temporary folder that is deleted, so collective reads stay in step.
+In a cluster only the chief (`distribution.is_chief`) commits checkpoints;
+the other workers make the same calls into a temporary folder that is
+deleted, so collective reads stay in step.
 """
 
 import csv
@@ -33,143 +24,24 @@ import math
 import os
 import shutil
 import tempfile
-import warnings
 import zipfile
 from collections import Counter
 
 import keras
 import numpy as np
 
-from keras_sepvit.distribution import (  # noqa: F401 (public here too)
-    JIT_COMPILE,
-    AdamW,
-    cluster_resolver,
-    default_jit_compile,
-    distribution_scope,
-    distribution_strategy,
-    initialize_multi_host,
-    is_chief,
-    multi_worker_strategy,
-    replicas,
-    shard_by,
+from keras_sepvit.training.distribution import is_chief
+from keras_sepvit.training.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    NonFiniteError,
+    TrainingError,
 )
-from keras_sepvit.layers import PositionEncoding, WindowTokens
-
-# Sec. 4.1 and the DeiT/PVT recipe it follows; Lite is not in the paper's
-# settings: it takes T's, with the small model's lighter stochastic depth.
-RECIPES = {
-    "lite": {"weight_decay": 0.05, "warmup_epochs": 5, "drop_path_rate": 0.1},
-    "tiny": {"weight_decay": 0.05, "warmup_epochs": 5, "drop_path_rate": 0.2},
-    "small": {"weight_decay": 0.05, "warmup_epochs": 5, "drop_path_rate": 0.3},
-    "base": {"weight_decay": 0.1, "warmup_epochs": 20, "drop_path_rate": 0.5},
-}
-BASE_LEARNING_RATE = 1e-3
-BASE_BATCH_SIZE = 1024
-
-
-def scaled_learning_rate(batch_size, base_learning_rate=BASE_LEARNING_RATE):
-    """The linear scaling rule: `base * batch / 1024`."""
-    return base_learning_rate * batch_size / BASE_BATCH_SIZE
-
-
-def no_weight_decay_variables(model):
-    """Biases, norm scales/offsets, window tokens and PEG conv weights."""
-    excluded = []
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, (WindowTokens, PositionEncoding)):
-            excluded.extend(layer.trainable_weights)
-    excluded.extend(v for v in model.trainable_weights if len(v.shape) <= 1)
-    seen, unique = set(), []
-    for v in excluded:
-        if id(v) not in seen:
-            seen.add(id(v))
-            unique.append(v)
-    return unique
-
-
-def warmup_cosine_schedule(
-    learning_rate, total_steps, warmup_steps, warmup_from=1e-6, min_learning_rate=1e-5
-):
-    """Linear warm-up from `warmup_from` to `learning_rate`, then cosine to the minimum.
-
-    A function of `optimizer.iterations`, so a resumed run continues it exactly.
-    """
-    if total_steps <= warmup_steps:
-        raise ValueError(
-            "The run must be longer than its warm-up: shorten the warm-up (--warmup-epochs "
-            "in the examples) or train longer. Received: "
-            f"total_steps={total_steps}, warmup_steps={warmup_steps}"
-        )
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=min(warmup_from, learning_rate) if warmup_steps else learning_rate,
-        decay_steps=total_steps - warmup_steps,
-        alpha=min(1.0, min_learning_rate / learning_rate),
-        warmup_target=learning_rate if warmup_steps else None,
-        warmup_steps=warmup_steps,
-    )
 
 
 def optimizer_step(optimizer):
     """`optimizer.iterations` as a Python int, on every backend and under tf.distribute."""
     return int(optimizer.iterations.numpy())
-
-
-def make_optimizer(
-    model,
-    learning_rate,
-    total_steps,
-    warmup_steps,
-    weight_decay=0.05,
-    clipnorm=5.0,
-    min_learning_rate=1e-5,
-):
-    """AdamW with the recipe's schedule, decay exclusions and gradient clipping.
-
-    Inside a TensorFlow strategy of several replicas it is `training.AdamW`,
-    which clips the all-reduced gradient (Keras clips each replica's share).
-    """
-    if learning_rate is None or learning_rate <= 0:
-        raise ValueError(f"`learning_rate` must be > 0. Received: learning_rate={learning_rate}")
-    cls = keras.optimizers.AdamW
-    if clipnorm and keras.backend.backend() == "tensorflow" and replicas() > 1:
-        cls = AdamW
-    optimizer = cls(
-        learning_rate=warmup_cosine_schedule(
-            learning_rate, total_steps, warmup_steps, min_learning_rate=min_learning_rate
-        ),
-        weight_decay=weight_decay,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-8,
-        global_clipnorm=clipnorm or None,
-    )
-    optimizer.exclude_from_weight_decay(var_list=no_weight_decay_variables(model))
-    return optimizer
-
-
-def decayed_variable_paths(model, optimizer):
-    """Paths of the variables the optimizer applies weight decay to."""
-    return [v.path for v in model.trainable_weights if optimizer._use_weight_decay(v)]
-
-
-class TrainingError(Exception):
-    """A training run that cannot go on as asked; the message says what to do."""
-
-
-class RunExistsError(TrainingError, FileExistsError):
-    """The output folder already holds a run, and neither resume nor overwrite was asked."""
-
-
-class CheckpointError(TrainingError):
-    """A checkpoint that is missing, damaged or does not belong to this run."""
-
-
-class CheckpointWriteError(TrainingError, OSError):
-    """Writing a checkpoint failed (e.g. disk full); the previous one is intact."""
-
-
-class NonFiniteError(TrainingError, FloatingPointError):
-    """The loss (or a weight) became NaN/inf: training stopped before saving it."""
 
 
 # The committed checkpoint is one folder; a new one is written beside it and
@@ -615,182 +487,3 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.state, self.best = state, best
         write_log(directory, history)
         _step("log")
-
-
-def _tensorboard_available():
-    try:
-        import tensorboard.summary.v2  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def training_callbacks(directory, monitor="val_accuracy", tensorboard=True):
-    """Atomic checkpoints (which also write `log.csv`) and TensorBoard logs.
-
-    Without the `tensorboard` package, TensorBoard logs are skipped with a
-    warning instead of failing after the first epoch.
-    """
-    callbacks = [AtomicCheckpoint(directory, monitor=monitor)]
-    if tensorboard and not _tensorboard_available():
-        warnings.warn(
-            "TensorBoard logs are skipped: the `tensorboard` package is not installed "
-            "(`pip install tensorboard`, or keras-sepvit[train]).",
-            stacklevel=2,
-        )
-    elif tensorboard and is_chief():
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(directory, "tensorboard")))
-    return callbacks
-
-
-def epoch_steps(num_examples, batch_size, steps_per_epoch=None, where=""):
-    """Steps per epoch for the training scripts, checked before any training.
-
-    `steps_per_epoch` when given, else the full batches of `num_examples`.
-    Raises `TrainingError` naming the flag to change when the size of the
-    training split is unknown (None) or smaller than one batch. `where`
-    describes the split in the message (e.g. " in 'digits' 'train'").
-    """
-    if steps_per_epoch is not None:
-        return steps_per_epoch
-    if num_examples is None:
-        raise TrainingError(
-            f"the size of the training split{where} is unknown: pass --steps-per-epoch"
-        )
-    if num_examples < batch_size:
-        raise TrainingError(
-            f"--batch-size {batch_size} is larger than the training split ({num_examples} "
-            f"examples{where}), so an epoch would have no step. Use --batch-size "
-            f"{num_examples} or less."
-        )
-    from keras_sepvit.data import steps_per_epoch as full_batches
-
-    return full_batches(num_examples, batch_size)
-
-
-def _refuse_existing_run(directory, resume, overwrite):
-    """RunExistsError when `directory` holds a run and neither flag was given
-    (ValueError for both flags)."""
-    if resume and overwrite:
-        raise ValueError("Pass `resume=True` or `overwrite=True`, not both.")
-    found = existing_run(directory)
-    if found and not (resume or overwrite):
-        raise RunExistsError(
-            f"{directory} already holds a training run ({', '.join(found)}). Continue it with "
-            "--resume (resume=True), or start over with --overwrite (overwrite=True), which "
-            "deletes its checkpoints and log; or choose another --out."
-        )
-
-
-def check_run(directory, resume=False, overwrite=False):
-    """Refuses, before any work, to train into a `directory` that holds a run.
-
-    Without `resume` or `overwrite` an existing run is refused; with `resume`
-    its checkpoint is verified now (checksums), so a damaged one is refused
-    before data or models are built.
-
-    Raises:
-        ValueError: both `resume` and `overwrite`.
-        RunExistsError: `directory` holds a run and neither flag was given.
-        CheckpointError: the checkpoint to resume is damaged.
-    """
-    _refuse_existing_run(directory, resume, overwrite)
-    if resume:
-        read_state(directory)
-
-
-def prepare_run(model, directory, resume=False, overwrite=False):
-    """Readies `directory` for a compiled `model`; returns the epoch to start from.
-
-    `overwrite` deletes the previous run's checkpoints and logs; `resume`
-    restores weights and optimizer state from the verified checkpoint and
-    rewrites `log.csv` from its committed history. In a cluster only the
-    chief deletes and writes; every worker restores.
-    """
-    _refuse_existing_run(directory, resume, overwrite)  # `restore` verifies the checkpoint
-    chief = is_chief()
-    if overwrite and chief:
-        clear_run(directory)
-    if chief:
-        os.makedirs(directory, exist_ok=True)
-    initial_epoch = restore(model, directory) if resume else 0
-    if initial_epoch and chief:
-        write_log(directory, read_state(directory)["history"])
-        print(f"Resuming at epoch {initial_epoch + 1} from {directory}")
-    return initial_epoch
-
-
-def run_summary(state, directory, epochs, also=()):
-    """One line on a committed run: `state` (`read_state(directory)`; None
-    gives None), its epoch, the monitored metric (and the metrics named in
-    `also`), the best value and where the files are."""
-    if state is None:
-        return None
-    monitor = state["monitor"]
-    best = "none yet" if state["best"] is None else f"{state['best']:.4f}"
-    if state["best_epoch"] is not None:
-        best += f" (epoch {state['best_epoch'] + 1})"
-    values = ", ".join(
-        f"{name} {state['logs'].get(name, float('nan')):.4f}" for name in (monitor, *also)
-    )
-    return (
-        f"Done: epoch {state['epoch'] + 1}/{epochs}, {values}, best {monitor} {best}. "
-        f"Checkpoint: {os.path.join(directory, CHECKPOINT)} ({LAST}, {BEST}, {STATE}); "
-        f"log: {os.path.join(directory, LOG)}"
-    )
-
-
-def fit(
-    model,
-    optimizer,
-    train_ds,
-    val_ds,
-    epochs,
-    directory,
-    label_smoothing=0.1,
-    resume=False,
-    jit_compile="auto",
-    steps_per_epoch=None,
-    validation_steps=None,
-    tensorboard=True,
-    verbose="auto",
-    overwrite=False,
-):
-    """Compiles with the recipe's loss and runs `model.fit` with checkpoints.
-
-    With `resume=True` it continues from `directory` (weights, optimizer state
-    and so the learning-rate schedule, epoch counter, CSV log), after checking
-    the checkpoint's checksums. A `directory` that already holds a run is
-    refused unless `resume=True` or `overwrite=True` (which deletes that run's
-    checkpoints and logs first). Returns `(history, initial_epoch)`.
-
-    In a cluster (TensorFlow multi-worker, JAX multi-host), call it on every
-    worker with the same shared `directory`: the chief alone deletes, writes
-    and commits; every worker restores from it.
-
-    Raises:
-        RunExistsError: `directory` holds a run and neither flag was given.
-        CheckpointError: the checkpoint to resume is missing or damaged.
-        NonFiniteError: the loss became NaN/inf (nothing of that epoch is saved).
-        CheckpointWriteError: a checkpoint could not be written (e.g. disk full).
-    """
-    _refuse_existing_run(directory, resume, overwrite)  # before compiling
-    model.compile(
-        optimizer,
-        keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-        metrics=["accuracy"],
-        jit_compile=jit_compile,
-    )
-    initial_epoch = prepare_run(model, directory, resume, overwrite)
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps_per_epoch,
-        validation_steps=validation_steps,
-        callbacks=training_callbacks(directory, tensorboard=tensorboard),
-        shuffle=False,  # the tf.data pipeline shuffles
-        verbose=verbose,
-    )
-    return history, initial_epoch

@@ -1,0 +1,134 @@
+"""Training: the paper's recipe for `model.fit` (Sec. 4.1), resumable and atomic.
+
+One file per job:
+
+- `recipe`: `RECIPES`, learning-rate scaling, weight-decay exclusions,
+  `make_optimizer`, `fit`.
+- `schedules`: `warmup_cosine_schedule` (classification), `PolyDecay`
+  (segmentation), `WarmupStepDecay` (detection).
+- `checkpoints`: the atomic checkpoint store: `AtomicCheckpoint`,
+  `verify_checkpoint`, `read_state`, `restore`, `load_best`.
+- `runs`: the run folder: `check_run`, `prepare_run`, `training_callbacks`,
+  `run_summary`.
+- `distribution`: multi-worker TensorFlow, JAX `DataParallel` and multi-host,
+  the chief rule.
+- `errors`: `TrainingError` and its kinds.
+- `cli`: what the training scripts share: `--out/--resume/--overwrite`,
+  `epoch_steps`, `exit_on_error`.
+
+Distribution, by backend (`distribution_scope` picks it): TensorFlow uses
+`MultiWorkerMirroredStrategy` when a cluster is configured (`TF_CONFIG`, or a
+SLURM job of several tasks), `MirroredStrategy` on several GPUs, a TPU with
+`tpu=`; JAX uses `keras.distribution.DataParallel` over every device of every
+process (`initialize_multi_host` joins processes); PyTorch trains on one
+device. In a cluster only the chief (TF: task "chief", else worker 0; JAX:
+process 0) commits checkpoints; the other workers make the same calls into a
+temporary folder that is deleted, so collective reads stay in step.
+"""
+
+from keras_sepvit.training.checkpoints import (
+    BEST,
+    CHECKPOINT,
+    LAST,
+    LOG,
+    STATE,
+    STATE_FORMAT,
+    AtomicCheckpoint,
+    clear_run,
+    existing_run,
+    load_best,
+    optimizer_step,
+    read_state,
+    restore,
+    verify_checkpoint,
+    write_log,
+)
+from keras_sepvit.training.cli import epoch_steps
+from keras_sepvit.training.distribution import (
+    JIT_COMPILE,
+    AdamW,
+    cluster_resolver,
+    default_jit_compile,
+    distribution_scope,
+    distribution_strategy,
+    initialize_multi_host,
+    is_chief,
+    multi_worker_strategy,
+    replicas,
+    shard_by,
+)
+from keras_sepvit.training.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    NonFiniteError,
+    RunExistsError,
+    TrainingError,
+)
+from keras_sepvit.training.recipe import (
+    BASE_BATCH_SIZE,
+    BASE_LEARNING_RATE,
+    RECIPES,
+    decayed_variable_paths,
+    fit,
+    make_optimizer,
+    no_weight_decay_variables,
+    scaled_learning_rate,
+)
+from keras_sepvit.training.runs import check_run, prepare_run, run_summary, training_callbacks
+from keras_sepvit.training.schedules import (
+    PolyDecay,
+    WarmupStepDecay,
+    poly_schedule,
+    warmup_cosine_schedule,
+)
+
+__all__ = [
+    "AdamW",
+    "AtomicCheckpoint",
+    "BASE_BATCH_SIZE",
+    "BASE_LEARNING_RATE",
+    "BEST",
+    "CHECKPOINT",
+    "CheckpointError",
+    "CheckpointWriteError",
+    "JIT_COMPILE",
+    "LAST",
+    "LOG",
+    "NonFiniteError",
+    "PolyDecay",
+    "RECIPES",
+    "RunExistsError",
+    "STATE",
+    "STATE_FORMAT",
+    "TrainingError",
+    "WarmupStepDecay",
+    "check_run",
+    "clear_run",
+    "cluster_resolver",
+    "decayed_variable_paths",
+    "default_jit_compile",
+    "distribution_scope",
+    "distribution_strategy",
+    "epoch_steps",
+    "existing_run",
+    "fit",
+    "initialize_multi_host",
+    "is_chief",
+    "load_best",
+    "make_optimizer",
+    "multi_worker_strategy",
+    "no_weight_decay_variables",
+    "optimizer_step",
+    "poly_schedule",
+    "prepare_run",
+    "read_state",
+    "replicas",
+    "restore",
+    "run_summary",
+    "scaled_learning_rate",
+    "shard_by",
+    "training_callbacks",
+    "verify_checkpoint",
+    "warmup_cosine_schedule",
+    "write_log",
+]
