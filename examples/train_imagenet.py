@@ -36,7 +36,19 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def backend_flag(argv=None):
+    """--backend alone, read before Keras (and so keras_sepvit) is imported."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--backend", default=None, choices=BACKENDS)
+    return pre.parse_known_args(argv)[0].backend
+
+
 def parse_args(argv=None):
+    from keras_sepvit.training.cli import add_run_arguments, check_run_arguments
+
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -45,7 +57,7 @@ def parse_args(argv=None):
     a(
         "--backend",
         default=None,
-        choices=["tensorflow", "jax", "torch"],
+        choices=BACKENDS,
         help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
     )
     a("--variant", default="tiny", choices=["lite", "tiny", "small", "base"], help="model size")
@@ -63,13 +75,7 @@ def parse_args(argv=None):
         default=None,
         help="folder holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (imagenet2012)",
     )
-    a("--out", default="runs/train", help="checkpoints, CSV and TensorBoard logs")
-    a("--resume", action="store_true", help="continue from --out (weights, optimizer, epoch)")
-    a(
-        "--overwrite",
-        action="store_true",
-        help="start over in an --out that holds a run (deletes its checkpoints and logs)",
-    )
+    add_run_arguments(p, "runs/train")
     a("--epochs", type=int, default=300, help="training epochs")
     a("--batch-size", type=int, default=1024, help="global batch size (all replicas)")
     a("--lr", type=float, default=None, help="peak learning rate; default 1e-3 x batch / 1024")
@@ -132,32 +138,13 @@ def parse_args(argv=None):
         help="image folders: skip files that do not decode as images (counted) instead of stopping",
     )
     args = p.parse_args(argv)
-    if args.resume and args.overwrite:
-        p.error("--resume continues the run in --out, --overwrite deletes it: pass one")
+    check_run_arguments(p, args)
     if args.xla:
         args.jit_compile = "on"
     for flag in ("epochs", "batch_size"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1. Received: {getattr(args, flag)}")
     return args
-
-
-def warmup_epochs(args, recipe_epochs):
-    """The warm-up: --warmup-epochs (must be < --epochs), or the recipe's, clamped."""
-    if args.warmup_epochs is not None:
-        if not 0 <= args.warmup_epochs < args.epochs:
-            raise SystemExit(
-                f"error: --warmup-epochs must be >= 0 and smaller than --epochs "
-                f"({args.epochs}). Received: --warmup-epochs {args.warmup_epochs}"
-            )
-        return args.warmup_epochs
-    if recipe_epochs < args.epochs:
-        return recipe_epochs
-    print(
-        f"Warm-up clamped to {args.epochs - 1} epochs (the recipe's {recipe_epochs} do not fit "
-        f"--epochs {args.epochs}); set --warmup-epochs to choose."
-    )
-    return args.epochs - 1
 
 
 def select_backend(backend):
@@ -180,48 +167,17 @@ def load_data(args, split, class_names=None):
     """A `data.Split` of --dataset: tfds name, image folder or 'digits'."""
     from keras_sepvit import data
 
-    if args.dataset != "digits":
-        return data.load_split(
-            args.dataset,
-            split,
-            args.data_dir,
-            args.manual_dir,
-            class_names,
-            skip_unreadable=args.skip_unreadable,
-        )
-    name, _, limit = split.partition("[:")
-    name = {"validation": "val"}.get(name, name)
-    splits = data.digits_splits(args.seed)
-    if name not in splits or (limit and not limit.rstrip("]").isdigit()):
-        raise SystemExit(
-            f"error: digits has the splits {sorted(splits)} (optionally sliced, e.g. "
-            f"'train[:256]'). Received: {split!r}"
-        )
-    images, labels = splits[name]
-    if limit:
-        count = int(limit.rstrip("]"))
-        images, labels = images[:count], labels[:count]
-    return data.array_split(images, labels, [str(i) for i in range(10)])
-
-
-def training_steps(args, split):
-    """Steps per epoch; refuses a batch larger than the training split before training."""
-    from keras_sepvit import training
-
-    try:
-        return training.epoch_steps(
-            split.num_examples,
-            args.batch_size,
-            args.steps_per_epoch,
-            where=f" in {args.dataset!r} {args.train_split!r}",
-        )
-    except training.TrainingError as e:
-        raise SystemExit(f"error: {e}") from e
+    if args.dataset == "digits":
+        return data.digits_split(split, args.seed)
+    return data.load_split(
+        args.dataset, split, args.data_dir, args.manual_dir, class_names,
+        skip_unreadable=args.skip_unreadable,
+    )  # fmt: skip
 
 
 def main(argv=None):
+    backend = select_backend(backend_flag(argv))
     args = parse_args(argv)
-    backend = select_backend(args.backend)
     from keras_sepvit.tf_logging import quiet_tensorflow
 
     quiet_tensorflow()
@@ -229,11 +185,10 @@ def main(argv=None):
 
     from keras_sepvit import data, training
     from keras_sepvit.model import VARIANTS
+    from keras_sepvit.training.cli import epoch_steps, exit_on_error
 
-    try:  # before any work: an existing run needs --resume/--overwrite; a damaged one is refused
+    with exit_on_error():  # before any work: an existing run needs --resume/--overwrite
         training.check_run(args.out, args.resume, args.overwrite)
-    except training.TrainingError as e:
-        raise SystemExit(f"error: {e}") from e
     if args.coordinator or args.num_processes or os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
         try:
             training.initialize_multi_host(args.coordinator, args.num_processes, args.process_id)
@@ -248,10 +203,14 @@ def main(argv=None):
         if args.mixed_precision != "none":
             keras.mixed_precision.set_global_policy(args.mixed_precision)
         recipe = training.RECIPES[args.variant]
-        train = load_data(args, args.train_split)
-        val = load_data(args, args.val_split, train.class_names)
-        steps = training_steps(args, train)
-        warmup = warmup_epochs(args, recipe["warmup_epochs"])
+        with exit_on_error(data.DataError):
+            train = load_data(args, args.train_split)
+            val = load_data(args, args.val_split, train.class_names)
+            where = f" in {args.dataset!r} {args.train_split!r}"
+            steps = epoch_steps(train.num_examples, args.batch_size, args.steps_per_epoch, where)
+            warmup = training.warmup_epochs(
+                args.epochs, recipe["warmup_epochs"], args.warmup_epochs
+            )
         randaugment = None
         if args.randaugment.lower() != "none":
             randaugment = tuple(int(v) for v in args.randaugment.split(","))
@@ -313,7 +272,7 @@ def main(argv=None):
                 f"Backend {backend}, {replicas} replica(s), global batch {args.batch_size}, "
                 f"jit_compile={jit}"
             )
-        try:
+        with exit_on_error():
             history, initial_epoch = training.fit(
                 model,
                 optimizer,
@@ -330,8 +289,6 @@ def main(argv=None):
                 verbose="auto" if chief else 0,
                 overwrite=args.overwrite,
             )
-        except training.TrainingError as e:
-            raise SystemExit(f"error: {e}") from e
     summary = training.run_summary(training.read_state(args.out), args.out, args.epochs)
     if summary and chief:
         print(summary)

@@ -94,6 +94,7 @@ SMOKE = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_train_imagenet_on_mock_imagenet_full_augmentation(tmp_path, load_script):
     import tensorflow_datasets as tfds
 
@@ -116,6 +117,7 @@ def test_train_imagenet_on_mock_imagenet_full_augmentation(tmp_path, load_script
     assert model.output_shape == (None, 1000)
 
 
+@pytest.mark.slow
 def test_train_on_image_folder_and_help(tmp_path, capsys, load_script):
     root = _image_folder(str(tmp_path / "images"))
     out = str(tmp_path / "run")
@@ -187,6 +189,7 @@ def _run(directory, epochs, resume=False, extra_callbacks=()):
     return model, rates.rates
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     straight, straight_rates = _run(str(tmp_path / "a"), 3)
 
@@ -206,6 +209,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
 
 
+@pytest.mark.slow
 def test_checkpoint_write_failure_keeps_previous(tmp_path, monkeypatch):
     directory = str(tmp_path / "ckpt")
     model, _ = _run(directory, 1)
@@ -227,6 +231,7 @@ def test_checkpoint_write_failure_keeps_previous(tmp_path, monkeypatch):
     assert sorted(os.listdir(directory)) == ["checkpoint", "log.csv"]  # no temporary left
 
 
+@pytest.mark.slow
 def test_digits_demo_short_run_learns(tmp_path, load_script):
     """A few epochs of the README's main job: loss falls, accuracy far above chance."""
     report = load_script("examples", "digits_demo").main(

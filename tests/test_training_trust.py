@@ -106,6 +106,7 @@ def test_digits_demo_refuses_existing_run(run_dir, tmp_path, load_script):
     assert _snapshot(str(out)) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_only_the_run_and_writes_tensorboard(run_dir, tmp_path):
     out = str(tmp_path / "out")
     shutil.copytree(run_dir, out)
@@ -138,6 +139,7 @@ class _Killed(BaseException):
 
 
 @pytest.mark.parametrize("step", STEPS)
+@pytest.mark.slow
 def test_kill_at_any_point_leaves_a_resumable_run(step, run_dir, model, other, tmp_path,
                                                   monkeypatch):  # fmt: skip
     directory = str(tmp_path / "out")
@@ -151,8 +153,9 @@ def test_kill_at_any_point_leaves_a_resumable_run(step, run_dir, model, other, t
             raise _Killed(name)
 
     with monkeypatch.context() as m:
-        m.setattr(training, "_step", kill)
-        m.setattr(training, "_discard", lambda path: None)  # a killed process cleans nothing
+        m.setattr(training.checkpoints, "_step", kill)
+        # a killed process cleans nothing
+        m.setattr(training.checkpoints, "_discard", lambda path: None)
         with pytest.raises(_Killed):
             _epoch(model, directory, 2, {**LOGS, "val_accuracy": 0.9})
 
@@ -247,6 +250,7 @@ def test_non_finite_loss_or_weight_stops_and_saves_nothing(run_dir, model, tmp_p
     assert _snapshot(directory) == before
 
 
+@pytest.mark.slow
 def test_train_imagenet_exits_non_zero_on_nan(tmp_path, load_script):
     root = _image_folder(tmp_path / "images")
     out = tmp_path / "run"
@@ -281,11 +285,11 @@ def test_batch_larger_than_training_split_refused_before_training(tmp_path, load
 
 
 def test_tensorboard_missing_degrades_with_a_warning(tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "_tensorboard_available", lambda: False)
+    monkeypatch.setattr(training.runs, "_tensorboard_available", lambda: False)
     with pytest.warns(UserWarning, match="pip install tensorboard"):
         callbacks = training.training_callbacks(str(tmp_path))
     assert not any(isinstance(c, keras.callbacks.TensorBoard) for c in callbacks)
-    monkeypatch.setattr(training, "_tensorboard_available", lambda: True)
+    monkeypatch.setattr(training.runs, "_tensorboard_available", lambda: True)
     callbacks = training.training_callbacks(str(tmp_path))
     assert any(isinstance(c, keras.callbacks.TensorBoard) for c in callbacks)
 
@@ -356,11 +360,11 @@ def test_unreadable_image_named_or_skipped_with_a_count(tmp_path, capsys):
 def test_warmup_longer_than_the_run(load_script, capsys):
     script = load_script("examples", "train_imagenet")
     args = script.parse_args(["--epochs", "3"])
-    assert script.warmup_epochs(args, 5) == 2
+    assert training.warmup_epochs(args.epochs, 5, args.warmup_epochs) == 2
     assert "--warmup-epochs" in capsys.readouterr().out
     args = script.parse_args(["--epochs", "3", "--warmup-epochs", "3"])
-    with pytest.raises(SystemExit, match="--warmup-epochs must be .* smaller than --epochs"):
-        script.warmup_epochs(args, 5)
+    with pytest.raises(training.TrainingError, match="--warmup-epochs must be .* smaller than"):
+        training.warmup_epochs(args.epochs, 5, args.warmup_epochs)  # the script: exit status 1
     demo = load_script("examples", "digits_demo")
     assert demo.parse_args(["--epochs", "2"]).warmup_epochs == 1
     assert demo.parse_args([]).warmup_epochs == 3

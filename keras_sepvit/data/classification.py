@@ -14,7 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_sepvit.data.splits import Split
+from keras_sepvit.data.splits import DataError, Split
 
 IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -176,6 +176,24 @@ def digits_splits(seed=0):
         x_rest, y_rest, test_size=0.1, random_state=seed, stratify=y_rest
     )
     return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+
+
+def digits_split(split, seed=0):
+    """A `Split` of the digits by name: "train", "val" (or "validation") or
+    "test", optionally sliced ("train[:256]"); raises `DataError` naming it."""
+    name, _, limit = split.partition("[:")
+    name = {"validation": "val"}.get(name, name)
+    splits = digits_splits(seed)
+    if name not in splits or (limit and not limit.rstrip("]").isdigit()):
+        raise DataError(
+            f"digits has the splits {sorted(splits)} (optionally sliced, e.g. "
+            f"'train[:256]'). Received: {split!r}"
+        )
+    images, labels = splits[name]
+    if limit:
+        count = int(limit.rstrip("]"))
+        images, labels = images[:count], labels[:count]
+    return array_split(images, labels, [str(i) for i in range(10)])
 
 
 def random_resized_crop(image, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):

@@ -73,6 +73,7 @@ from keras_sepvit.training.recipe import (
     make_optimizer,
     no_weight_decay_variables,
     scaled_learning_rate,
+    warmup_epochs,
 )
 from keras_sepvit.training.runs import check_run, prepare_run, run_summary, training_callbacks
 from keras_sepvit.training.schedules import (
@@ -128,6 +129,7 @@ __all__ = [
     "scaled_learning_rate",
     "shard_by",
     "training_callbacks",
+    "warmup_epochs",
     "verify_checkpoint",
     "warmup_cosine_schedule",
     "write_log",
