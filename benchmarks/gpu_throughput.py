@@ -85,7 +85,8 @@ def sepvit_train_rate(name, batch_size, size, runs, mixed):
     import keras
 
     import keras_sepvit
-    from keras_sepvit import distribution, training
+    from keras_sepvit import training
+    from keras_sepvit.training import distribution
 
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     distribution.distribution_scope()  # DataParallel over every local device

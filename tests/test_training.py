@@ -180,12 +180,12 @@ def _run(directory, epochs, resume=False, extra_callbacks=()):
     def with_extra(*args, **kwargs):
         return original(*args, **kwargs) + [rates, *extra_callbacks]
 
-    training.training_callbacks = with_extra
+    training.recipe.training_callbacks = with_extra  # what training.fit calls
     try:
         training.fit(model, optimizer, ds, ds, epochs, directory, resume=resume,
                      jit_compile=False, tensorboard=False, verbose=0)  # fmt: skip
     finally:
-        training.training_callbacks = original
+        training.recipe.training_callbacks = original
     return model, rates.rates
 
 
