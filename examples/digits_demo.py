@@ -21,10 +21,17 @@ import time
 # Before TensorFlow loads: its C++ log lines (keras_sepvit.tf_logging says why).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+WARMUP_EPOCHS = 3
+
 
 def parse_args(argv=None):
+    from keras_sepvit import training
+    from keras_sepvit.training.cli import add_run_arguments, check_run_arguments, exit_on_error
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/digits", help="output folder")
+    add_run_arguments(
+        p, "runs/digits", "model, report, learning curve and the run (--out/checkpoints)"
+    )
     p.add_argument("--epochs", type=int, default=60, help="training epochs")
     p.add_argument("--batch-size", type=int, default=64, help="batch size")
     p.add_argument("--image-size", type=int, default=32, help="input side (multiple of 32)")
@@ -33,7 +40,8 @@ def parse_args(argv=None):
         "--warmup-epochs",
         type=int,
         default=None,
-        help="linear warm-up epochs (default 3, clamped to --epochs - 1 for shorter runs)",
+        help=f"linear warm-up epochs (default {WARMUP_EPOCHS}, clamped to --epochs - 1 for "
+        "shorter runs)",
     )
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
@@ -44,24 +52,12 @@ def parse_args(argv=None):
         default=None,
         help="RandAugment 'num_ops,magnitude' or 'none'",
     )
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoints")
-    p.add_argument(
-        "--overwrite", action="store_true", help="start over in an --out that holds a run"
-    )
     args = p.parse_args(argv)
-    if args.resume and args.overwrite:
-        p.error("--resume continues the run in --out, --overwrite deletes it: pass one")
+    check_run_arguments(p, args)
     if args.epochs < 1:
         p.error(f"--epochs must be >= 1. Received: {args.epochs}")
-    if args.warmup_epochs is None:
-        args.warmup_epochs = min(3, args.epochs - 1)
-        if args.warmup_epochs < 3:
-            print(f"Warm-up clamped to {args.warmup_epochs} epochs to fit --epochs {args.epochs}.")
-    elif not 0 <= args.warmup_epochs < args.epochs:
-        p.error(
-            f"--warmup-epochs must be >= 0 and smaller than --epochs ({args.epochs}). "
-            f"Received: --warmup-epochs {args.warmup_epochs}"
-        )
+    with exit_on_error():
+        args.warmup_epochs = training.warmup_epochs(args.epochs, WARMUP_EPOCHS, args.warmup_epochs)
     return args
 
 
@@ -116,24 +112,16 @@ def main(argv=None):
 
     import keras_sepvit
     from keras_sepvit import data, training
+    from keras_sepvit.training.cli import epoch_steps, exit_on_error
 
     ckpt_dir = os.path.join(args.out, "checkpoints")
-    if training.existing_run(ckpt_dir) and not (args.resume or args.overwrite):
-        raise SystemExit(
-            f"error: {args.out} already holds a digits run. Continue it with --resume, start "
-            "over with --overwrite (deletes its checkpoints and log), or choose another --out."
-        )
-    keras.utils.set_random_seed(args.seed)
+    with exit_on_error(data.DataError):
+        # Before any work: an existing run needs --resume/--overwrite; a damaged one is refused.
+        training.check_run(ckpt_dir, args.resume, args.overwrite)
+        keras.utils.set_random_seed(args.seed)
+        train, val, test = (data.digits_split(name, args.seed) for name in ("train", "val", "test"))
+        steps = epoch_steps(train.num_examples, args.batch_size, where=" of the digits")
     os.makedirs(args.out, exist_ok=True)
-    splits = data.digits_splits(args.seed)
-    if len(splits["train"][0]) < args.batch_size:
-        raise SystemExit(
-            f"error: --batch-size {args.batch_size} is larger than the training split "
-            f"({len(splits['train'][0])} images). Received: --batch-size {args.batch_size}"
-        )
-
-    def split(name):
-        return data.array_split(*splits[name], class_names=[str(i) for i in range(10)])
 
     # Digits are small and not mirror-symmetric: mild crops, no flips; the
     # ImageNet-strength RandAugment/erasing/mixing are off for 8x8 scans.
@@ -148,16 +136,15 @@ def main(argv=None):
         flip=False,
         seed=args.seed,
     )
-    train_ds = data.make_dataset(split("train"), True, args.batch_size, **pipeline)
-    val_ds = data.make_dataset(split("val"), False, 256, **pipeline)
-    test_ds = data.make_dataset(split("test"), False, 256, **pipeline)
+    train_ds = data.make_dataset(train, True, args.batch_size, **pipeline)
+    val_ds = data.make_dataset(val, False, 256, **pipeline)
+    test_ds = data.make_dataset(test, False, 256, **pipeline)
 
     model = keras_sepvit.SepViTLite(
         input_shape=(args.image_size, args.image_size, 3),
         classes=10,
         drop_path_rate=args.drop_path,
     )
-    steps = data.steps_per_epoch(len(splits["train"][0]), args.batch_size)
     optimizer = training.make_optimizer(
         model,
         learning_rate=args.lr,
@@ -166,7 +153,7 @@ def main(argv=None):
         weight_decay=args.weight_decay,
     )
     start = time.perf_counter()
-    try:
+    with exit_on_error():
         _, initial_epoch = training.fit(
             model,
             optimizer,
@@ -181,8 +168,6 @@ def main(argv=None):
             tensorboard=False,
             verbose=2,
         )
-    except training.TrainingError as e:
-        raise SystemExit(f"error: {e}") from e
     train_seconds = time.perf_counter() - start
 
     # The model is the end of the schedule: with 144 validation images one
@@ -199,7 +184,7 @@ def main(argv=None):
         "network": "SepViT-Lite (from scratch)",
         "data": "scikit-learn digits, 1,797 real 8x8 scans upscaled to "
         f"{args.image_size}x{args.image_size}",
-        "train / val / test images": [len(splits[s][0]) for s in ("train", "val", "test")],
+        "train / val / test images": [s.num_examples for s in (train, val, test)],
         "epochs": args.epochs,
         "final validation accuracy": round(state["logs"]["val_accuracy"], 4),
         "best validation accuracy (epoch)": best_epoch_text(state),
@@ -219,7 +204,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write("# Digits demo\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"\nHeld-out test accuracy: {test_accuracy:.4f} ({len(splits['test'][0])} images)")
+    print(f"\nHeld-out test accuracy: {test_accuracy:.4f} ({test.num_examples} images)")
     for what in ("model.keras", "learning_curve.png", "report.json", "report.md"):
         print(f"wrote {os.path.join(args.out, what)}")
     return report

@@ -189,15 +189,12 @@ def main(argv=None):
 
     with exit_on_error():  # before any work: an existing run needs --resume/--overwrite
         training.check_run(args.out, args.resume, args.overwrite)
-    if args.coordinator or args.num_processes or os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
-        try:
+    multi_host = args.coordinator or args.num_processes
+    with exit_on_error(ValueError):
+        if multi_host or os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
             training.initialize_multi_host(args.coordinator, args.num_processes, args.process_id)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}") from e
-    try:  # before any TensorFlow op: a multi-worker strategy must come first
+        # Before any TensorFlow op: a multi-worker strategy must come first.
         scope = training.distribution_scope(args.tpu)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
     with scope:  # the data pipeline and the model are built in it
         keras.utils.set_random_seed(args.seed)
         if args.mixed_precision != "none":

@@ -5,7 +5,8 @@
   last two at once.
 - `epoch_steps(num_examples, batch_size, steps_per_epoch)`: steps per
   epoch, refused before any training when the split is smaller than a batch
-  (the message names the flag to change).
+  (the message names the flag to change); `warmup_epochs`: the warm-up,
+  checked against `--epochs` or clamped to it.
 - `exit_on_error(*extra_error_types)`: `TrainingError` (and the types named)
   become `SystemExit("error: ...")`, exit status 1 and one line that says what
   to do, instead of a traceback.
@@ -98,3 +99,22 @@ def epoch_steps(num_examples, batch_size, steps_per_epoch=None, where=""):
             f"{num_examples} or less."
         )
     return num_examples // batch_size  # full batches: training drops the remainder
+
+
+def warmup_epochs(epochs, recipe_epochs, requested=None):
+    """Warm-up epochs: `requested` (must be >= 0 and < `epochs`, else
+    `TrainingError`), or the recipe's, clamped to `epochs - 1` (said so)."""
+    if requested is not None:
+        if not 0 <= requested < epochs:
+            raise TrainingError(
+                f"--warmup-epochs must be >= 0 and smaller than --epochs "
+                f"({epochs}). Received: --warmup-epochs {requested}"
+            )
+        return requested
+    if recipe_epochs < epochs:
+        return recipe_epochs
+    print(
+        f"Warm-up clamped to {epochs - 1} epochs (the recipe's {recipe_epochs} do not fit "
+        f"--epochs {epochs}); set --warmup-epochs to choose."
+    )
+    return epochs - 1

@@ -12,8 +12,7 @@ import keras
 
 from keras_sepvit.layers import PositionEncoding, WindowTokens
 from keras_sepvit.training.distribution import AdamW, replicas
-from keras_sepvit.training.errors import TrainingError
-from keras_sepvit.training.runs import _refuse_existing_run, prepare_run, training_callbacks
+from keras_sepvit.training.runs import prepare_run, refuse_existing_run, training_callbacks
 from keras_sepvit.training.schedules import warmup_cosine_schedule
 
 # Sec. 4.1 and the DeiT/PVT recipe it follows; Lite is not in the paper's
@@ -31,25 +30,6 @@ BASE_BATCH_SIZE = 1024
 def scaled_learning_rate(batch_size, base_learning_rate=BASE_LEARNING_RATE):
     """The linear scaling rule: `base * batch / 1024`."""
     return base_learning_rate * batch_size / BASE_BATCH_SIZE
-
-
-def warmup_epochs(epochs, recipe_epochs, requested=None):
-    """Warm-up epochs: `requested` (must be >= 0 and < `epochs`, else
-    `TrainingError`), or the recipe's, clamped to `epochs - 1` (said so)."""
-    if requested is not None:
-        if not 0 <= requested < epochs:
-            raise TrainingError(
-                f"--warmup-epochs must be >= 0 and smaller than --epochs "
-                f"({epochs}). Received: --warmup-epochs {requested}"
-            )
-        return requested
-    if recipe_epochs < epochs:
-        return recipe_epochs
-    print(
-        f"Warm-up clamped to {epochs - 1} epochs (the recipe's {recipe_epochs} do not fit "
-        f"--epochs {epochs}); set --warmup-epochs to choose."
-    )
-    return epochs - 1
 
 
 def no_weight_decay_variables(model):
@@ -139,7 +119,7 @@ def fit(
         NonFiniteError: the loss became NaN/inf (nothing of that epoch is saved).
         CheckpointWriteError: a checkpoint could not be written (e.g. disk full).
     """
-    _refuse_existing_run(directory, resume, overwrite)  # before compiling
+    refuse_existing_run(directory, resume, overwrite)  # before compiling
     model.compile(
         optimizer,
         keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),

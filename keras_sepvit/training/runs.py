@@ -55,7 +55,7 @@ def training_callbacks(directory, monitor="val_accuracy", tensorboard=True):
     return callbacks
 
 
-def _refuse_existing_run(directory, resume, overwrite):
+def refuse_existing_run(directory, resume, overwrite):
     """RunExistsError when `directory` holds a run and neither flag was given
     (ValueError for both flags)."""
     if resume and overwrite:
@@ -81,7 +81,7 @@ def check_run(directory, resume=False, overwrite=False):
         RunExistsError: `directory` holds a run and neither flag was given.
         CheckpointError: the checkpoint to resume is damaged.
     """
-    _refuse_existing_run(directory, resume, overwrite)
+    refuse_existing_run(directory, resume, overwrite)
     if resume:
         read_state(directory)
 
@@ -94,7 +94,7 @@ def prepare_run(model, directory, resume=False, overwrite=False):
     rewrites `log.csv` from its committed history. In a cluster only the
     chief deletes and writes; every worker restores.
     """
-    _refuse_existing_run(directory, resume, overwrite)  # `restore` verifies the checkpoint
+    refuse_existing_run(directory, resume, overwrite)  # `restore` verifies the checkpoint
     chief = is_chief()
     if overwrite and chief:
         clear_run(directory)
