@@ -15,11 +15,13 @@ an --out that holds a run is refused unless --resume or --overwrite is given.
 import argparse
 import json
 import os
+import runpy
 import sys
 import time
 
-# Before TensorFlow loads: its C++ log lines (keras_sepvit.tf_logging says why).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Before keras_sepvit loads TensorFlow: without its start-up notices (that file says why).
+_TF_LOGGING = os.path.join(os.path.dirname(__file__), os.pardir, "keras_sepvit", "tf_logging.py")
+runpy.run_path(_TF_LOGGING)["quiet_tensorflow"]()
 
 WARMUP_EPOCHS = 3
 
@@ -105,9 +107,6 @@ def plot_learning_curve(history_csv, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    from keras_sepvit.tf_logging import quiet_tensorflow
-
-    quiet_tensorflow()
     import keras
 
     import keras_sepvit
@@ -116,8 +115,9 @@ def main(argv=None):
 
     ckpt_dir = os.path.join(args.out, "checkpoints")
     with exit_on_error(data.DataError):
-        # Before any work: an existing run needs --resume/--overwrite; a damaged one is refused.
-        training.check_run(ckpt_dir, args.resume, args.overwrite)
+        # Before any work: the run folder's lock; an existing run needs --resume/--overwrite; a
+        # damaged one is refused, a resume with other settings too (training.NOT_SETTINGS aside).
+        training.check_script_run(args, ckpt_dir)
         keras.utils.set_random_seed(args.seed)
         train, val, test = (data.digits_split(name, args.seed) for name in ("train", "val", "test"))
         steps = epoch_steps(train.num_examples, args.batch_size, where=" of the digits")

@@ -1,17 +1,23 @@
 """Classify image files with a .tflite SepViT: the code a phone app would port.
 
     python examples/run_tflite.py runs/digits/export/model_int8.tflite img1.png img2.jpg \
-        [--labels labels.txt] [--top-k 3] [--threads 2]
+        [--labels labels.txt] [--top-k 3] [--threads 2] [--crop-fraction 0.875]
 
 Only the LiteRT interpreter, numpy and Pillow: decode each file to the pixels
 the training pipeline (`keras_sepvit.data`, TensorFlow's decoders) gives,
-resize to the model's input, apply the model's own input quantization (int8
-files take int8), run, dequantize the output, print the top-k labels and the
-latency. A file that cannot be read is reported by name and skipped; the run
-then ends with exit status 1.
+prepare it as evaluation does (`keras_sepvit.data.center_crop`: short side to
+size / crop fraction, bicubic, centre crop; mirrored without TensorFlow in
+`keras_sepvit/export/device_preprocessing.py`, so the device sees the pixels
+the accuracy figures were measured on), apply the model's own input
+quantization (int8 files take int8), run, dequantize the output, print the
+top-k labels and the latency. Use the crop fraction the model was evaluated
+with (the digits demo: 1.0). A file that cannot be read is reported by name
+and skipped; the run then ends with exit status 1, as does a model file that
+is not a .tflite model.
 """
 
 import argparse
+import importlib.util
 import os
 import struct
 import sys
@@ -57,10 +63,40 @@ def decode_image(path):
         return np.asarray(image.convert("RGB"))
 
 
-def load_image(path, height, width):
-    """RGB in [0, 255] float32, resized to the model's input (SepViT normalises inside)."""
-    image = Image.fromarray(decode_image(path)).resize((width, height), Image.BILINEAR)
-    return np.asarray(image, dtype=np.float32)
+def _load_device_preprocessing():
+    """keras_sepvit/export/device_preprocessing.py loaded alone (NumPy and Pillow):
+    importing the keras_sepvit package would load Keras and TensorFlow."""
+    spec = importlib.util.find_spec("keras_sepvit")  # finds, does not import
+    roots = list(spec.submodule_search_locations) if spec else []
+    roots.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "keras_sepvit"))
+    for root in roots:
+        path = os.path.join(root, "export", "device_preprocessing.py")
+        if os.path.isfile(path):
+            module_spec = importlib.util.spec_from_file_location("device_preprocessing", path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+            return module
+    raise ImportError("keras_sepvit/export/device_preprocessing.py not found: install keras-sepvit")
+
+
+device_preprocessing = _load_device_preprocessing()
+
+
+def load_image(path, height, width, crop_fraction=device_preprocessing.CROP_FRACTION,
+               stretch=False):  # fmt: skip
+    """RGB in [0, 255] float32 (SepViT normalises inside), as evaluation prepares it:
+    `device_preprocessing.prepare_image` (short side, centre crop). `stretch=True`:
+    the old bilinear stretch to (height, width), which evaluation never does."""
+    pixels = decode_image(path)
+    if stretch:
+        image = Image.fromarray(pixels).resize((width, height), Image.BILINEAR)
+        return np.asarray(image, dtype=np.float32)
+    if height != width:
+        raise ValueError(
+            f"evaluation's centre crop is square, the model takes {height}x{width}: "
+            "use --stretch for a non-square model"
+        )
+    return device_preprocessing.prepare_image(pixels, height, crop_fraction)
 
 
 def classify(interpreter, image):
@@ -88,6 +124,30 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1. Received: {value}")
     return value
+
+
+def _crop_fraction(text):
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1]. Received: {value}")
+    return value
+
+
+def _open_model(path, threads):
+    """(interpreter, height, width, classes); a file that is not a .tflite model ends the
+    run with one line that names it (exit status 1)."""
+    try:
+        interpreter = Interpreter(model_path=path, num_threads=threads)
+        interpreter.allocate_tensors()
+        _, height, width, _ = interpreter.get_input_details()[0]["shape"]
+        classes = int(interpreter.get_output_details()[0]["shape"][-1])
+    except (ValueError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(
+            f"{path}: not a readable .tflite model ({reason}); export it again with "
+            "keras_sepvit.export.to_tflite or export/export_model.py"
+        ) from None
+    return interpreter, int(height), int(width), classes
 
 
 def _read_labels(parser, path, classes):
@@ -118,21 +178,39 @@ def main(argv=None):
     p.add_argument("--labels", default=None, help="text file, one label per class and line")
     p.add_argument("--top-k", type=_positive_int, default=3, help="labels to print per image")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--crop-fraction",
+        type=_crop_fraction,
+        default=device_preprocessing.CROP_FRACTION,
+        help="evaluation's: short side to size / this, centre crop (the digits demo: 1.0)",
+    )
+    p.add_argument(
+        "--stretch",
+        action="store_true",
+        help="stretch the whole image to the input size (bilinear), NOT as evaluation does",
+    )
     args = p.parse_args(argv)
 
     if not os.path.isfile(args.model):
         p.error(f"model file not found: {args.model!r}")
-    interpreter = Interpreter(model_path=args.model, num_threads=args.threads)
-    interpreter.allocate_tensors()
-    _, height, width, _ = interpreter.get_input_details()[0]["shape"]
-    classes = int(interpreter.get_output_details()[0]["shape"][-1])
+    interpreter, height, width, classes = _open_model(args.model, args.threads)
+    if height != width and not args.stretch:
+        raise SystemExit(
+            f"{args.model}: the model takes {height}x{width} images, evaluation's centre crop "
+            "is square: pass --stretch to stretch images to the input size"
+        )
     labels = _read_labels(p, args.labels, classes) if args.labels else None
+    if args.stretch:
+        print(f"Preparing images by stretching them to {width}x{height} (bilinear), "
+              "NOT as evaluation does")  # fmt: skip
+    else:
+        print(device_preprocessing.describe(height, args.crop_fraction))
     results = []
     latencies = []
     failed = []
     for path in args.images:
         try:
-            image = load_image(path, height, width)
+            image = load_image(path, height, width, args.crop_fraction, args.stretch)
         except UNREADABLE as error:
             failed.append(path)
             print(f"{path}: skipped, not a readable image ({error})", file=sys.stderr)
@@ -150,7 +228,8 @@ def main(argv=None):
         )
     if failed:
         raise SystemExit(
-            f"{len(failed)} of {len(args.images)} files could not be read: {', '.join(failed)}"
+            f"{len(failed)} of {len(args.images)} files could not be read: {', '.join(failed)} "
+            "(check the paths; JPEG, PNG, GIF or BMP files)"
         )
     return results
 

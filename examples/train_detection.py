@@ -21,6 +21,8 @@ Data:
                            images at DIR/<split>/<file_name> or
                            DIR/<split>/images/<file_name>; splits train / val
   --digit-scenes           keras_sepvit.data.digit_scenes (128x128, train/test scans)
+A folder is checked when loaded (docs/dense.md): invalid boxes and images that
+do not decode are named (--skip-invalid-annotations, --skip-unreadable skip them).
 
 Images are padded bottom/right to a square canvas (a multiple of 32: 1344
 for --max-side 1333), so every batch has one static shape. Evaluation after
@@ -96,6 +98,8 @@ def parse_args(argv=None):
     a("--steps-per-epoch", type=int, default=None, help="limit steps (smoke tests)")
     a("--val-images", type=int, default=None, help="evaluate on the first N validation images")
     a("--eval-batch-size", type=int, default=8, help="evaluation batch size")
+    a("--skip-invalid-annotations", action="store_true", help="folders: skip bad boxes (counted)")
+    a("--skip-unreadable", action="store_true", help="folders: skip images that do not decode")
     args = p.parse_args(argv)
     check_run_arguments(p, args)
     for flag in ("epochs", "batch_size", "max_boxes", "eval_batch_size"):
@@ -127,7 +131,9 @@ def load_source(args, split):
 
     if args.digit_scenes:
         return detection.digit_scene_source(split, args.scenes, args.seed)
-    return detection.load_source(args.dataset, split, args.data_dir)
+    return detection.load_source(
+        args.dataset, split, args.data_dir, args.skip_invalid_annotations, args.skip_unreadable
+    )
 
 
 def build_detector(args, num_classes):
@@ -192,8 +198,10 @@ def main(argv=None):
         "test" if args.digit_scenes else "validation" if tfds_name else "val"
     )
     with exit_on_error(DataError):
-        # Before any work: an existing run needs --resume/--overwrite; a damaged one is refused.
-        training.check_run(args.out, args.resume, args.overwrite)
+        # Before any work: the run folder's lock; an existing run needs --resume/--overwrite; a
+        # damaged one is refused, a resume with other settings too (training.NOT_SETTINGS and
+        # --epochs aside: the step schedule does not depend on it, so a run can be extended).
+        training.check_script_run(args, ignore=("epochs",))
         keras.utils.set_random_seed(args.seed)
         train = load_source(args, args.train_split)
         val = load_source(args, args.val_split)

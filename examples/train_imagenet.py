@@ -187,12 +187,13 @@ def main(argv=None):
     from keras_sepvit.model import VARIANTS
     from keras_sepvit.training.cli import epoch_steps, exit_on_error
 
-    with exit_on_error():  # before any work: an existing run needs --resume/--overwrite
-        training.check_run(args.out, args.resume, args.overwrite)
     multi_host = args.coordinator or args.num_processes
     with exit_on_error(ValueError):
         if multi_host or os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
             training.initialize_multi_host(args.coordinator, args.num_processes, args.process_id)
+        # Before any work (the chief is known now): the run folder's lock, an existing run
+        # needs --resume/--overwrite, a resume its settings (training.NOT_SETTINGS aside).
+        training.check_script_run(args)
         # Before any TensorFlow op: a multi-worker strategy must come first.
         scope = training.distribution_scope(args.tpu)
     with scope:  # the data pipeline and the model are built in it

@@ -93,6 +93,7 @@ def parse_args(argv=None):
     a("--val-steps", type=int, default=None, help="limit validation batches")
     a("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
     a("--verbose", type=int, default=2, choices=[0, 1, 2], help="Keras progress output")
+    a("--skip-unreadable", action="store_true", help="folders: skip files that do not decode")
     args = p.parse_args(argv)
     check_run_arguments(p, args)
     for flag in ("iterations", "batch_size"):
@@ -195,8 +196,9 @@ def load_data(args, initial_epoch, epochs):
         train, val = sd.digit_scene_splits(args.num_train, args.num_test, args.crop_size, args.seed)
         augment = dict(scale_range=None, flip=False)  # mirrored digits are other digits
     else:
-        train = sd.load_split(args.dataset, args.train_split, args.data_dir)
-        val = sd.load_split(args.dataset, args.val_split, args.data_dir)
+        check = (args.num_classes, args.reduce_zero_label == "yes", args.skip_unreadable)
+        train = sd.load_split(args.dataset, args.train_split, args.data_dir, *check)
+        val = sd.load_split(args.dataset, args.val_split, args.data_dir, *check)
         augment = dict(base_scale=(4 * args.crop_size, args.crop_size))
     training.epoch_steps(train.num_examples, args.batch_size)  # an epoch of at least one step
     reduce = args.reduce_zero_label == "yes"
@@ -256,9 +258,10 @@ def main(argv=None):
     from keras_sepvit.data import DataError
     from keras_sepvit.training.cli import exit_on_error
 
-    # Before any work: an existing run needs --resume/--overwrite; a damaged one is refused.
+    # Before any work: the run folder's lock; an existing run needs --resume/--overwrite; a
+    # damaged one is refused, a resume with other settings too (training.NOT_SETTINGS aside).
     with exit_on_error():
-        training.check_run(args.out, args.resume, args.overwrite)
+        training.check_script_run(args)
     keras.utils.set_random_seed(args.seed)
     epochs = args.iterations // args.steps_per_epoch
     model = build_model(args)

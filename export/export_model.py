@@ -19,10 +19,13 @@ the evaluation pipeline.
 
 import argparse
 import os
+import runpy
 import sys
+import zipfile
 
-# Before TensorFlow loads: its C++ log lines (keras_sepvit.tf_logging says why).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Before keras_sepvit loads TensorFlow: without its start-up notices (that file says why).
+_TF_LOGGING = os.path.join(os.path.dirname(__file__), os.pardir, "keras_sepvit", "tf_logging.py")
+runpy.run_path(_TF_LOGGING)["quiet_tensorflow"]()
 
 import numpy as np  # noqa: E402
 
@@ -76,9 +79,7 @@ def heldout_data(args, image_size):
 
 def main(argv=None):
     args = parse_args(argv)
-    from keras_sepvit.tf_logging import quiet_tensorflow
-
-    quiet_tensorflow()
+    _check_paths(args)
     import keras
     import tensorflow as tf
 
@@ -90,7 +91,7 @@ def main(argv=None):
         raise ValueError(f"Unknown formats {unknown}; choose from {FORMATS}. "
                          f"Received: --formats {args.formats}")  # fmt: skip
     if args.model:
-        model = keras.saving.load_model(args.model)
+        model = _load_model(keras, args.model)
     else:
         size = args.image_size or 224
         model = VARIANTS[args.variant](input_shape=(size, size, 3), classes=10)
@@ -135,6 +136,34 @@ def main(argv=None):
     print(table)
     print(f"wrote {report.write_report(args.out, table, rows, failures)}")
     return rows
+
+
+def _check_paths(args):
+    """A user's path mistake ends the run with one line (exit 1), before any work."""
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise SystemExit(
+            f"error: --out {args.out} is a file; the export writes a folder of files "
+            "(model_*.tflite, model*.onnx, report.md): give a folder path, new or existing"
+        )
+    if args.model and not os.path.isfile(args.model):
+        raise SystemExit(f"error: --model {args.model} not found: give a saved .keras model file")
+
+
+def _load_model(keras, path):
+    """The .keras model at `path`; an unreadable file ends the run with one line (exit 1)."""
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise SystemExit(
+            f"error: --model {path} is not a .keras file (a .keras model is a zip archive; "
+            "this one is damaged or another format): give a file saved with model.save(...)"
+        )
+    try:
+        return keras.saving.load_model(path)
+    except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise SystemExit(
+            f"error: --model {path} is not a readable Keras model ({reason}); give a .keras "
+            "file saved with model.save(...), e.g. runs/digits/model.keras"
+        ) from None
 
 
 def _check_model(model, args):
@@ -185,7 +214,9 @@ def _qat_model(model, args, calibration):
     loss = keras.losses.CategoricalCrossentropy(from_logits=not probabilities)
     qat_model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     start = time.perf_counter()
-    qat_model.fit(train_ds, epochs=args.qat_epochs, steps_per_epoch=steps, verbose=2)
+    qat_model.fit(  # shuffle=False: the tf.data pipeline shuffles (Keras ignores it, warning)
+        train_ds, epochs=args.qat_epochs, steps_per_epoch=steps, shuffle=False, verbose=2
+    )
     print(f"  int8-qat: {args.qat_epochs} epochs in {time.perf_counter() - start:.0f} s")
     return qat_model
 

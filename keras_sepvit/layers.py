@@ -460,6 +460,13 @@ class PositionEncoding(keras.layers.Layer):
 
     `(B, H, W, C) -> (B, H, W, C)`. SepViT applies it after the first block of
     every stage.
+
+    The residual add runs on the flattened map, `(B, H*W, C)`, which gives the
+    same numbers: TensorFlow's oneDNN remapper (on by default on x86 CPUs)
+    rewrites a `DepthwiseConv2dNative -> BiasAdd -> Add` chain into a node it
+    cannot name (it builds `Add` fusions for Conv2D/Conv3D/MatMul only),
+    prints an error and drops every Grappler optimisation of the function.
+    The TFLite converter folds the two reshapes away.
     """
 
     def build(self, input_shape):
@@ -471,7 +478,10 @@ class PositionEncoding(keras.layers.Layer):
         self.conv.build(input_shape)
 
     def call(self, x):
-        return x + self.conv(x)
+        shape = ops.shape(x)
+        tokens = (shape[0], -1, x.shape[-1])
+        out = ops.reshape(x, tokens) + ops.reshape(self.conv(x), tokens)  # (B, H*W, C)
+        return ops.reshape(out, shape)  # (B, H, W, C)
 
     def compute_output_shape(self, input_shape):
         return input_shape

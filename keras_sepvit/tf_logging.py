@@ -1,33 +1,94 @@
-"""Quiet TensorFlow for the command-line programs (TensorFlow only).
+"""Quiet start of TensorFlow for the command-line programs (standard library only).
 
-Without this, the README's main job printed about 2,200 lines, among them
-E-level lines that are harmless here and alarming to read:
-- `failed call to cuInit`: TensorFlow's CUDA build on a machine with no GPU;
-- `Node ... pos_encoding ... has an empty op name` / `remapper failed`:
-  Grappler's remapper tries to fuse the position encoding's depthwise
-  convolution, bias and residual add into one kernel that this CPU build
-  lacks, reports it as an error, and runs the unfused graph. Turning the
-  remapper off runs the same graph without the failed attempt.
+TensorFlow's CUDA build prints, while it loads, lines that no setting reaches:
+its two libraries each log `oneDNN custom operations are on` and, on a machine
+without an NVIDIA driver, `Could not find cuda drivers`, before absl logging
+is set up (so `TF_CPP_MIN_LOG_LEVEL` is not read yet); the first device
+query then logs `failed call to cuInit` as an error, the consequence of the
+missing driver. `quiet_tensorflow()` loads TensorFlow with its standard error
+written to a file, and writes back every line but those notices: any other
+warning or error TensorFlow prints while loading still shows.
 
-The remapper setting is process-wide, and it is not neutral for every graph:
-with it off, keras-hub's `RetinaNetObjectDetector.predict` (graph-mode NMS)
-returned other boxes than eager decoding of the same outputs (55 vs 62 on a
-test detector), while with it on both agree. Our scripts decode eagerly
-(`keras_sepvit.tasks.retinanet.detect`), so their results do not depend on
-it; call this only in a program's `main()`, never from library code.
+`TF_CPP_MIN_LOG_LEVEL` is set to 1 (INFO off, warnings and errors kept) if
+the user has not set it; it is an environment variable of this process and
+its children. Nothing else is changed: Grappler's options stay TensorFlow's
+defaults (an earlier version turned the remapper off for the whole process,
+which changed keras-hub's RetinaNet boxes; the position encoding no longer
+trips it, see `keras_sepvit.layers.PositionEncoding`).
+
+This module imports nothing of keras_sepvit or Keras: importing
+`keras_sepvit.tf_logging` runs `keras_sepvit/__init__.py`, which loads
+TensorFlow, so a script runs this file by path before its first import of
+keras_sepvit (`runpy.run_path(<repository>/keras_sepvit/tf_logging.py)`).
 """
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
+
+TF_LOG_LEVEL = "1"
+
+# TensorFlow's notices of its normal start on a CPU machine.
+_STARTUP_NOTICES = (
+    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"),
+    re.compile(r"^I\d{4} [\d:.]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on"),
+    re.compile(r"^I\d{4} [\d:.]+ +\d+ cudart_stub\.cc:\d+\] Could not find cuda drivers"),
+)
+_NO_DRIVER = _STARTUP_NOTICES[2]
+_CUINIT_WITHOUT_DRIVER = re.compile(
+    r"^E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit"
+)
+
+
+def startup_lines_kept(text):
+    """The lines of `text` (TensorFlow's start-up output) that are not its notices.
+
+    `failed call to cuInit` is dropped only when TensorFlow said just before
+    that it found no CUDA driver; on a machine with one it is a real error.
+    """
+    lines = text.splitlines(keepends=True)
+    no_driver = any(_NO_DRIVER.match(line) for line in lines)
+    return [
+        line
+        for line in lines
+        if not any(p.match(line) for p in _STARTUP_NOTICES)
+        and not (no_driver and _CUINIT_WITHOUT_DRIVER.match(line))
+    ]
+
+
+@contextlib.contextmanager
+def _stderr_filtered():
+    """Runs the block with file descriptor 2 written to a file, then writes
+    back what `startup_lines_kept` keeps (also if the block raised)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", errors="replace")
+            sys.stderr.writelines(startup_lines_kept(text))
+            sys.stderr.flush()
 
 
 def quiet_tensorflow():
-    """Call first thing in a `main()`: hides TensorFlow's C++ INFO/WARNING/ERROR
-    log lines (a user's own TF_CPP_MIN_LOG_LEVEL wins) and turns off the
-    Grappler remapper (see the module docstring). Python exceptions are
-    unaffected. The log level only takes effect if TensorFlow is not loaded
-    yet, so a script also sets TF_CPP_MIN_LOG_LEVEL before its first import
-    of keras or keras_sepvit."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    """Loads TensorFlow without its start-up notices (see the module docstring).
 
-    tf.config.optimizer.set_experimental_options({"remapping": False})
+    Call it before anything imports keras or keras_sepvit; once TensorFlow is
+    loaded, it only sets `TF_CPP_MIN_LOG_LEVEL` for the children (a user's own
+    value wins). Python exceptions, warnings and errors are unaffected.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
+    if "tensorflow" in sys.modules:
+        return
+    with _stderr_filtered():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the device query that logs cuInit

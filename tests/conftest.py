@@ -81,26 +81,6 @@ def load_script():
     return load
 
 
-@pytest.fixture(autouse=True)
-def _restore_tensorflow_optimizer_options():
-    """The scripts' `quiet_tensorflow()` turns Grappler's remapper off for the
-    whole process; a test that runs a script in-process must not change how
-    later tests' graphs are optimised (keras-hub's RetinaNet `predict` gave
-    other boxes with the remapper off), so the options are put back."""
-    import sys
-
-    tf = sys.modules.get("tensorflow")
-    before = tf.config.optimizer.get_experimental_options() if tf else {}
-    yield
-    tf = sys.modules.get("tensorflow")
-    if tf is not None:
-        after = tf.config.optimizer.get_experimental_options()
-        if after.get("remapping") != before.get("remapping", True):
-            tf.config.optimizer.set_experimental_options(
-                {"remapping": before.get("remapping", True)}  # on by default
-            )
-
-
 def pytest_sessionfinish(session, exitstatus):
     """TensorFlow and then triton (PyTorch's CUDA wheel imports it, e.g. from
     torch.onnx.export) in one process is a segmentation fault on a machine

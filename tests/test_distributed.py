@@ -153,7 +153,7 @@ def test_tf_two_workers_equal_one_process(single, tmp_path):
     assert "2 replica(s), global batch 32" in outputs[0]
     assert "Done: epoch 2/2" in outputs[0] and "Done" not in outputs[1]  # the chief reports
     # Written once, by the chief; the other worker's scratch copies are gone.
-    assert sorted(os.listdir(out)) == ["checkpoint", "checkpoint.prev", "log.csv"]
+    assert sorted(os.listdir(out)) == ["checkpoint", "checkpoint.prev", "log.csv", "settings.json"]
     assert all(os.listdir(d) == [] for d in tmp_dirs)
     state = _state(out)
     assert state["iterations"] == 8  # 4 steps of 32 per epoch: the batch is global
@@ -216,7 +216,7 @@ def test_jax_two_processes_equal_one(jax_single, tmp_path):
     outputs = _finish(procs)
     assert "Backend jax, 2 replica(s)" in outputs[0] and "Done: epoch 2/2" in outputs[0]
     assert "Done" not in outputs[1]
-    assert sorted(os.listdir(out)) == ["checkpoint", "checkpoint.prev", "log.csv"]
+    assert sorted(os.listdir(out)) == ["checkpoint", "checkpoint.prev", "log.csv", "settings.json"]
     np.testing.assert_allclose(_losses(out), _losses(jax_single), rtol=1e-4)
     _assert_same_weights(out, jax_single)
 

@@ -202,12 +202,15 @@ def test_damaged_checkpoint_refused_with_what_to_do(name, damage, message, run_d
     directory = str(tmp_path / "out")
     shutil.copytree(run_dir, directory)
     damage(os.path.join(directory, "checkpoint", name))
+    # Both checkpoints damaged: with an intact checkpoint.prev the run goes on from it
+    # (tests/test_checkpoint_store_trust.py).
+    damage(os.path.join(directory, "checkpoint.prev", name))
     before, weights = _snapshot(directory), _weights(other)
     with pytest.raises(training.CheckpointError, match=message) as refused:
         training.restore(other, directory)
     text = str(refused.value)
     assert os.path.join(directory, "checkpoint", name) in text
-    assert "checkpoint.prev is intact" in text and "--overwrite" in text
+    assert "previous checkpoint is damaged too" in text and "--overwrite" in text
     assert _same(_weights(other), weights)
     with pytest.raises(SystemExit, match=message):  # before loading any data
         load_script("examples", "train_imagenet").main(

@@ -208,14 +208,14 @@ def test_run_tflite_decodes_files_to_the_training_pipelines_pixels(image_files, 
     assert split.num_examples == len(names)  # in file-name order, as `names`
     for name, (pixels, _) in zip(names, split.dataset.as_numpy_iterator()):
         path = image_files[name]
-        got = runner.load_image(path, 32, 32)  # the files' own size: no resize
+        got = runner.load_image(path, 32, 32, crop_fraction=1.0)  # the files' own size: no resize
         assert got.shape == pixels.shape, name
         # JPEG too: Pillow's IDCT is TensorFlow's INTEGER_ACCURATE one, which the
         # pipeline uses (decode_image's default INTEGER_FAST is a few levels off).
         np.testing.assert_array_equal(got, pixels, err_msg=name)
     # A 16-bit PNG at the model's size reaches the model as the pipeline's pixels,
     # not clipped to {0, 255}.
-    grey16 = runner.load_image(image_files["grey16.png"], 32, 32)
+    grey16 = runner.load_image(image_files["grey16.png"], 32, 32, crop_fraction=1.0)
     decoded = tf.io.decode_image(tf.io.read_file(image_files["grey16.png"]), channels=3)
     np.testing.assert_array_equal(grey16, decoded.numpy().astype("float32"))
     assert len(np.unique(grey16)) > 100

@@ -20,17 +20,44 @@ IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
-def unreadable_images(paths):
-    """The files among `paths` that do not decode as images (one parallel tf.data pass)."""
+def image_sizes(paths):
+    """`{path: (height, width)}` of the files among `paths` that decode as
+    images (one parallel tf.data pass); the others are left out."""
+    if not paths:
+        return {}
 
     def probe(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return path, tf.shape(image)
+        return path, tf.shape(image)[:2]
 
     ds = tf.data.Dataset.from_tensor_slices(list(paths))
     ds = ds.map(probe, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
-    readable = {path.decode() for path, _ in ds.as_numpy_iterator()}
-    return [p for p in paths if p not in readable]
+    return {path.decode(): (int(h), int(w)) for path, (h, w) in ds.as_numpy_iterator()}
+
+
+def unreadable_images(paths):
+    """The files among `paths` that do not decode as images (one parallel tf.data pass)."""
+    sizes = image_sizes(paths)
+    return [p for p in paths if p not in sizes]
+
+
+def readable_images(paths, where, skip_unreadable=False):
+    """`{path: (height, width)}` of `paths`, checked by decoding each file once.
+
+    Files that do not decode as images are a `DataError` naming them (and
+    `where`, the folder), or with `skip_unreadable` left out with a printed count.
+    """
+    sizes = image_sizes(paths)
+    bad = [p for p in paths if p not in sizes]
+    if bad and not skip_unreadable:
+        raise DataError(
+            f"{len(bad)} of {len(paths)} files under {where!r} do not decode as images: "
+            f"{bad[:5]}{' ...' if len(bad) > 5 else ''}. Remove or replace them, or skip them "
+            "with skip_unreadable=True (--skip-unreadable)."
+        )
+    if bad:
+        print(f"Skipped {len(bad)} unreadable files under {where} (first: {bad[0]})")
+    return {p: sizes[p] for p in paths if p in sizes}
 
 
 def _folder_split(root, split, class_names=None, skip_unreadable=False):
@@ -57,18 +84,9 @@ def _folder_split(root, split, class_names=None, skip_unreadable=False):
             if file.lower().endswith(IMAGE_EXTENSIONS):
                 paths.append(os.path.join(class_dir, file))
                 labels.append(index)
-    bad = unreadable_images(paths) if paths else []
-    if bad and not skip_unreadable:
-        raise ValueError(
-            f"{len(bad)} of {len(paths)} files under {directory!r} do not decode as images: "
-            f"{bad[:5]}{' ...' if len(bad) > 5 else ''}. Remove or replace them, or skip them "
-            "with skip_unreadable=True (--skip-unreadable)."
-        )
-    if bad:
-        print(f"Skipped {len(bad)} unreadable files under {directory} (first: {bad[0]})")
-        keep = set(bad)
-        labels = [label for path, label in zip(paths, labels) if path not in keep]
-        paths = [path for path in paths if path not in keep]
+    readable = readable_images(paths, directory, skip_unreadable)
+    labels = [label for path, label in zip(paths, labels) if path in readable]
+    paths = [path for path in paths if path in readable]
     if not paths:
         raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {directory!r}")
 

@@ -14,7 +14,9 @@ at most `max_side`; digit scenes keep their size), are padded bottom/right
 to one square canvas (`canvas_side`) so every batch has a static shape, and
 normalised with the ImageNet statistics. Training batches are a function of
 the seed and the step only, so a resumed run sees the batches an
-uninterrupted one would. Unreadable sources raise `DataError`.
+uninterrupted one would. Unreadable sources raise `DataError`; a COCO-JSON
+folder is checked whole when loaded (images that do not decode, invalid
+boxes, unknown categories: `load_source`).
 """
 
 import contextlib
@@ -25,12 +27,21 @@ import os
 
 import numpy as np
 
+from keras_sepvit.data.classification import readable_images
 from keras_sepvit.data.digit_scenes import CLASS_NAMES, make_digit_scenes
 from keras_sepvit.data.splits import DataError, Split
 from keras_sepvit.preprocessing import normalize_images
 
 ANNOTATIONS = "annotations.json"
 SCENE_SIDE = 128  # digit scenes: 128x128 canvases
+# Pixels a box edge may reach past the image (rounding, 1-based corners); such
+# boxes are clipped to the image, boxes further out refused (`annotation_problem`).
+BOX_TOLERANCE = 2.0
+REQUIRED_KEYS = {  # per entry of a COCO file's lists
+    "images": ("id", "file_name"),
+    "annotations": ("id", "image_id"),
+    "categories": ("id",),
+}
 
 
 def _tfds_source(name, split, data_dir=None):
@@ -75,9 +86,7 @@ def _tfds_source(name, split, data_dir=None):
 
 
 def _read_coco(path, root, split):
-    """The `pycocotools.coco.COCO` index of a COCO annotation file, checked."""
-    from pycocotools.coco import COCO
-
+    """The dict of a COCO annotation file, its lists and ids checked."""
     if not os.path.isfile(path):
         raise DataError(
             f"{path} not found: a COCO-JSON folder holds <split>/{ANNOTATIONS} and the "
@@ -86,11 +95,27 @@ def _read_coco(path, root, split):
     try:
         with open(path) as f:
             dataset = json.load(f)
-        for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset, dict):
+            raise ValueError(f"it holds a {type(dataset).__name__}, not an object")
+        for key, needed in REQUIRED_KEYS.items():
             if not isinstance(dataset.get(key), list):
                 raise ValueError(f"its {key!r} is missing or not a list")
+            for n, entry in enumerate(dataset[key]):
+                if not isinstance(entry, dict) or any(
+                    k not in entry or (k.endswith("id") and not isinstance(entry[k], int))
+                    for k in needed
+                ):
+                    raise ValueError(
+                        f"{key}[{n}] needs the keys {needed} (ids integers). Received: {entry!r}"
+                    )
     except (OSError, ValueError) as e:
         raise DataError(f"{path} is not a COCO annotation file: {e}") from e
+    return dataset
+
+
+def _coco_index(dataset):
+    from pycocotools.coco import COCO
+
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
@@ -98,18 +123,70 @@ def _read_coco(path, root, split):
     return coco
 
 
-def _folder_source(root, split):
+def annotation_problem(annotation, height, width, category_ids):
+    """Why a COCO `annotation` cannot be trained on (a phrase), or None.
+
+    Refused: no `bbox`, a bbox that is not 4 finite numbers, a width or height
+    <= 0, an edge more than `BOX_TOLERANCE` pixels outside the image
+    (`height` x `width`), a `category_id` not among `category_ids`.
+    """
+    category = annotation.get("category_id")
+    if not isinstance(category, (int, float)) or category not in category_ids:
+        return f"category_id {category!r} is not in 'categories'"
+    if "bbox" not in annotation:
+        return "it has no 'bbox'"
+    bbox = annotation["bbox"]
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return f"bbox {bbox!r} is not [x, y, width, height]"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return f"bbox {bbox} is not finite"
+    if w <= 0 or h <= 0:
+        return f"bbox {bbox} has a width or height <= 0"
+    t = BOX_TOLERANCE
+    if x < -t or y < -t or x + w > width + t or y + h > height + t:
+        return f"bbox {bbox} lies outside the image ({width}x{height} pixels)"
+    return None
+
+
+def _check_annotations(dataset, sizes, path, skip_invalid_annotations):
+    """The annotations of the images in `sizes` ({image id: (h, w)}) that pass
+    `annotation_problem`; the others a `DataError` or (skip) a printed count."""
+    category_ids = {c["id"] for c in dataset["categories"]}
+    names = {i["id"]: i["file_name"] for i in dataset["images"]}
+    valid, invalid = [], []
+    for ann in dataset["annotations"]:
+        if ann["image_id"] not in sizes:  # an unlisted or skipped image: never read
+            continue
+        problem = annotation_problem(ann, *sizes[ann["image_id"]], category_ids)
+        if problem is None:
+            valid.append(ann)
+        else:
+            image = ann["image_id"]
+            invalid.append(
+                f"annotation {ann['id']} of image {names[image]!r} (id {image}): {problem}"
+            )
+    if invalid and not skip_invalid_annotations:
+        raise DataError(
+            f"{path}: {len(invalid)} of {len(valid) + len(invalid)} annotations are invalid: "
+            f"{'; '.join(invalid[:3])}{' ...' if len(invalid) > 3 else ''}. Fix them, or skip "
+            "them with skip_invalid_annotations=True (--skip-invalid-annotations)."
+        )
+    if invalid:
+        print(f"Skipped {len(invalid)} invalid annotations of {path} (first: {invalid[0]})")
+    return valid
+
+
+def _folder_source(root, split, skip_invalid_annotations=False, skip_unreadable=False):
     import tensorflow as tf
 
     folder = os.path.join(root, split)
     path = os.path.join(folder, ANNOTATIONS)
-    coco = _read_coco(path, root, split)
-    category_ids = sorted(coco.getCatIds())
-    index = {c: i for i, c in enumerate(category_ids)}
-    names = [coco.cats[c].get("name", str(c)) for c in category_ids]
-    files, boxes, labels, crowd, ids = [], [], [], [], []
-    for image_id in sorted(coco.getImgIds()):
-        name = coco.imgs[image_id]["file_name"]
+    dataset = _read_coco(path, root, split)
+    files = {}
+    for image in sorted(dataset["images"], key=lambda i: i["id"]):
+        name, image_id = image["file_name"], image["id"]
         candidates = [os.path.join(folder, name), os.path.join(folder, "images", name)]
         file = next((c for c in candidates if os.path.isfile(c)), None)
         if file is None:
@@ -117,25 +194,31 @@ def _folder_source(root, split):
                 f"image {name!r} (id {image_id}) of {path} is missing: looked for "
                 f"{candidates[0]} and {candidates[1]}"
             )
+        files[image_id] = file
+    readable = readable_images(list(files.values()), folder, skip_unreadable)
+    sizes = {i: readable[f] for i, f in files.items() if f in readable}
+    annotations = _check_annotations(dataset, sizes, path, skip_invalid_annotations)
+    # The ground truth evaluation scores against: what was skipped is not in it.
+    images = [i for i in dataset["images"] if i["id"] in sizes]
+    coco = _coco_index({**dataset, "images": images, "annotations": annotations})
+    category_ids = sorted(coco.getCatIds())
+    index = {c: i for i, c in enumerate(category_ids)}
+    names = [coco.cats[c].get("name", str(c)) for c in category_ids]
+    boxes, labels, crowd = [], [], []
+    for image_id in sizes:
         anns = coco.imgToAnns.get(image_id, [])
-        for ann in anns:
-            if ann["category_id"] not in index:
-                raise DataError(
-                    f"{path}: annotation {ann.get('id')} has category_id "
-                    f"{ann['category_id']}, which is not in 'categories'"
-                )
+        height, width = sizes[image_id]
         xywh = np.asarray([a["bbox"] for a in anns], "float32").reshape(-1, 4)
-        files.append(file)
-        boxes.append(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1))  # (n, 4) xyxy
+        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)  # (n, 4)
+        boxes.append(np.clip(xyxy, 0, [width, height, width, height]))  # within the tolerance
         labels.append(np.asarray([index[a["category_id"]] for a in anns], "int32"))
         crowd.append(np.asarray([bool(a.get("iscrowd", 0)) for a in anns], bool))
-        ids.append(image_id)
-    if not files:
-        raise DataError(f"{path} lists no images")
+    if not sizes:
+        raise DataError(f"{path} lists no readable images")
     dataset = tf.data.Dataset.from_tensor_slices(
         {
-            "file": files,
-            "image_id": np.asarray(ids, "int64"),
+            "file": [files[i] for i in sizes],
+            "image_id": np.asarray(list(sizes), "int64"),
             "boxes": tf.ragged.constant(boxes, ragged_rank=1, inner_shape=(4,), dtype=tf.float32),
             "labels": tf.ragged.constant(labels, dtype=tf.int32),
             "crowd": tf.ragged.constant(crowd, dtype=tf.bool),
@@ -154,7 +237,7 @@ def _folder_source(root, split):
             "crowd": example["crowd"],
         }
 
-    return Split(dataset.map(load), len(files), names, coco_gt=coco, category_ids=category_ids)
+    return Split(dataset.map(load), len(sizes), names, coco_gt=coco, category_ids=category_ids)
 
 
 def digit_scene_source(split, num_scenes=2048, seed=0):
@@ -202,17 +285,27 @@ def digit_scene_source(split, num_scenes=2048, seed=0):
     return Split(dataset.map(densify), count, CLASS_NAMES)
 
 
-def load_source(dataset, split, data_dir=None):
+def load_source(
+    dataset, split, data_dir=None, skip_invalid_annotations=False, skip_unreadable=False
+):
     """A detection `Split` from a COCO-JSON folder or a tfds name.
+
+    A folder is checked whole before any training: every image is decoded
+    once and every annotation checked (`annotation_problem`); what fails is a
+    `DataError` that names the file, the image (name and id) and the
+    annotation id, unless skipped (with a printed count; skipped images and
+    annotations are left out of the ground truth too).
 
     Args:
         dataset: a folder (see the module docstring) or a tfds name
             ("coco/2017"). A path that is not a folder is refused.
         split: split name ("train", "val", "validation", ...).
         data_dir: tfds data directory.
+        skip_invalid_annotations: bool. Folders: skip invalid annotations.
+        skip_unreadable: bool. Folders: skip images that do not decode.
     """
     if os.path.isdir(dataset):
-        return _folder_source(dataset, split)
+        return _folder_source(dataset, split, skip_invalid_annotations, skip_unreadable)
     if dataset.startswith((".", "/", "~")) or os.path.isabs(dataset):
         raise DataError(f"--dataset {dataset} is not a folder")
     return _tfds_source(dataset, split, data_dir)

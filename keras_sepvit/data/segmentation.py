@@ -8,6 +8,9 @@ Sources (`load_split`):
   (single-channel class ids);
 - the offline digit scenes (`digit_scene_splits`).
 
+A folder is checked when loaded (`load_split`): files that do not decode
+and label values that are not classes are a `DataError` naming the file.
+
 Training batches follow mmsegmentation's ADE20K pipeline: random rescale of
 the image so that it fits (2048, 512) times a ratio in [0.5, 2], random crop
 (images padded with 0 and labels with the ignore label where the image is
@@ -27,6 +30,7 @@ import os
 import numpy as np
 
 from keras_sepvit.data import digit_scenes
+from keras_sepvit.data.classification import readable_images
 from keras_sepvit.data.splits import DataError, Split
 from keras_sepvit.preprocessing import normalize_images
 
@@ -36,7 +40,48 @@ IGNORE_CLASS = 255
 DIGIT_SCENES = dict(digit_scale=(3, 4), digits_per_scene=(1, 3))
 
 
-def _folder_split(root, split):
+def valid_label_values(num_classes, reduce_zero_label=False):
+    """The label-map values a model of `num_classes` trains on: the classes
+    0..num_classes - 1 (with `reduce_zero_label` 1..num_classes, and 0 ignored)
+    and `IGNORE_CLASS`."""
+    first = 1 if reduce_zero_label else 0
+    return set(range(first, first + num_classes)) | {IGNORE_CLASS} | set(range(first))
+
+
+def _label_values(paths):
+    """`{path: values present}` of label maps, decoded as the pipelines decode
+    them (one parallel tf.data pass)."""
+    import tensorflow as tf
+
+    def probe(path):
+        label = tf.io.decode_png(tf.io.read_file(path), channels=1)
+        counts = tf.math.bincount(tf.cast(tf.reshape(label, [-1]), tf.int32), minlength=256)
+        return path, counts
+
+    data = tf.data.Dataset.from_tensor_slices(list(paths))
+    data = data.map(probe, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return {p.decode(): np.flatnonzero(counts) for p, counts in data.as_numpy_iterator()}
+
+
+def _check_label_values(paths, label_dir, num_classes, reduce_zero_label):
+    valid = valid_label_values(num_classes, reduce_zero_label)
+    values = _label_values(paths)
+    bad = [(p, sorted(set(values[p].tolist()) - valid)) for p in paths]
+    bad = [(p, v) for p, v in bad if v]
+    if bad:
+        first = 1 if reduce_zero_label else 0
+        ignored = f"0 and {IGNORE_CLASS}" if reduce_zero_label else str(IGNORE_CLASS)
+        raise DataError(
+            f"{len(bad)} of {len(paths)} label maps under {label_dir!r} hold values that are "
+            f"not classes: {'; '.join(f'{p} holds {v[:5]}' for p, v in bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''}. With num_classes={num_classes}, "
+            f"reduce_zero_label={reduce_zero_label} the values are {first}.."
+            f"{first + num_classes - 1} (classes) and {ignored} (ignored). Fix the maps, or "
+            "set --num-classes / --reduce-zero-label to what they hold."
+        )
+
+
+def _folder_split(root, split, num_classes=None, reduce_zero_label=False, skip_unreadable=False):
     import tensorflow as tf
 
     image_dir = os.path.join(root, "images", split)
@@ -58,8 +103,16 @@ def _folder_split(root, split):
     if not names:
         raise DataError(f"No images in {image_dir!r}. Received: an empty folder")
     images = {os.path.splitext(n)[0]: n for n in os.listdir(image_dir)}
-    image_paths = [os.path.join(image_dir, images[n]) for n in names]
-    label_paths = [os.path.join(label_dir, labels[n]) for n in names]
+    pairs = [
+        (os.path.join(image_dir, images[n]), os.path.join(label_dir, labels[n])) for n in names
+    ]
+    readable = readable_images([f for pair in pairs for f in pair], root, skip_unreadable)
+    pairs = [(i, label) for i, label in pairs if i in readable and label in readable]
+    if not pairs:
+        raise DataError(f"No readable images in {image_dir!r}")
+    image_paths, label_paths = [list(files) for files in zip(*pairs)]
+    if num_classes is not None:
+        _check_label_values(label_paths, label_dir, num_classes, reduce_zero_label)
 
     def decode(image_path, label_path):
         image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
@@ -67,7 +120,7 @@ def _folder_split(root, split):
         return image, label
 
     dataset = tf.data.Dataset.from_tensor_slices((image_paths, label_paths)).map(decode)
-    return Split(dataset, len(names))
+    return Split(dataset, len(image_paths))
 
 
 def _tfds_split(name, split, data_dir):
@@ -102,10 +155,27 @@ def _tfds_split(name, split, data_dir):
     return Split(dataset, num_examples)
 
 
-def load_split(dataset, split, data_dir=None):
-    """A `Split` from a tfds name or an ADEChallengeData2016-style folder."""
+def load_split(
+    dataset, split, data_dir=None, num_classes=None, reduce_zero_label=False, skip_unreadable=False
+):
+    """A `Split` from a tfds name or an ADEChallengeData2016-style folder.
+
+    A folder is checked when loaded: every image and label map is decoded
+    once (a file that does not decode is a `DataError` naming it, or with
+    `skip_unreadable` its pair is left out with a printed count), and, given
+    `num_classes`, a label map holding a value the model cannot train on
+    (see `valid_label_values`) is a `DataError` naming it.
+
+    Args:
+        dataset: a tfds name or a folder (see the module docstring).
+        split: split name.
+        data_dir: tfds data directory.
+        num_classes: int or None. Folders: check the label maps' values.
+        reduce_zero_label: bool. As in `train_dataset` (0 ignored, c -> c - 1).
+        skip_unreadable: bool. Folders: skip pairs with a file that does not decode.
+    """
     if os.path.isdir(dataset):
-        return _folder_split(dataset, split)
+        return _folder_split(dataset, split, num_classes, reduce_zero_label, skip_unreadable)
     return _tfds_split(dataset, split, data_dir)
 
 
@@ -133,7 +203,8 @@ def _labels(label, reduce_zero_label):
 
     label = tf.cast(label, tf.int32)
     if reduce_zero_label:  # ADE20K: 0 ("other") ignored, classes 1..150 -> 0..149
-        label = tf.where(label == 0, IGNORE_CLASS, label - 1)
+        ignored = (label == 0) | (label == IGNORE_CLASS)  # mmseg keeps 255 ignored
+        label = tf.where(ignored, IGNORE_CLASS, label - 1)
     return label
 
 

@@ -2,8 +2,9 @@
 
 tf2onnx converts the model; `keras_sepvit.export.onnx_graph` rewrites the
 graph for ONNX Runtime; `quantize_int8` (ONNX Runtime's static quantizer)
-writes the int8 file. The file is loaded back in ONNX Runtime and compared
-with the Keras model.
+writes the int8 file. The file is written under a temporary name, loaded
+back in ONNX Runtime and compared with the Keras model before it replaces
+anything at the user's path.
 """
 
 import os
@@ -89,8 +90,14 @@ def to_onnx(
 
     Raises:
         ValueError: before any conversion, for a bad `opset`, `batch_size` or
-            `quantization`, int8 without `representative_data`, or a path
-            that cannot be written.
+            `quantization`, a path that cannot be written, or int8 without
+            `representative_data` or with calibration images that are empty,
+            non-finite, constant, not at the model's input shape or not in
+            the range the model takes (the check `to_tflite` runs,
+            `keras_sepvit.export.checks.calibration_images`).
+        RuntimeError: when the written file fails its check. Nothing is
+            written at `path` until the file passed (a file already there is
+            kept), and no temporary file is left.
     """
     if isinstance(opset, bool) or not isinstance(opset, int) or not 13 <= opset <= 18:
         raise ValueError(
@@ -111,6 +118,9 @@ def to_onnx(
     checks.check_batch_size(batch_size)
     path = checks.check_output_path(path, ".onnx")
     signatures.static_input_shape(model)
+    images = None
+    if quantization == "int8":  # the check to_tflite runs: shape and range against the model
+        images = checks.calibration_images(representative_data, model)
     import onnx
     import tf2onnx
 
@@ -129,25 +139,27 @@ def to_onnx(
     op_types = {node.op_type for node in proto.graph.node}
     if "Erfc" in op_types:
         raise RuntimeError("the ONNX graph holds Erfc, which ONNX Runtime cannot run")
-    tmp = path + ".tmp"
-    onnx.save(proto, tmp)
-    if quantization == "int8":
-        images = checks.calibration_images(representative_data)
-        step = batch_size or len(images)
-        batches = [images[i : i + step] for i in range(0, len(images) - step + 1, step)]
-        try:
+    # Written, quantized and checked under temporary names: a file that fails
+    # never sits at `path` (a file already there is kept), and no temporary
+    # is left behind, whatever fails (a full disk, calibration, the check).
+    tmp = path + ".unchecked.onnx"
+    try:
+        onnx.save(proto, tmp)
+        if quantization == "int8":
+            step = batch_size or len(images)
+            batches = [images[i : i + step] for i in range(0, len(images) - step + 1, step)]
             quantize_int8(tmp, tmp + ".int8", batches, proto.graph.input[0].name)
             os.replace(tmp + ".int8", tmp)
-        finally:
-            if os.path.exists(tmp + ".int8"):
-                os.remove(tmp + ".int8")
-    os.replace(tmp, path)
-
-    x = checks.sample_inputs(model, sample_inputs)
-    default = 1e-4 if quantization in (None, "float32") else None
-    checks.compare(
-        path, ONNXRunner(path)(x), signatures.keras_outputs(model, x), model, tolerance, default
-    )
+        x = checks.sample_inputs(model, sample_inputs)
+        default = 1e-4 if quantization in (None, "float32") else None
+        checks.compare(
+            path, ONNXRunner(tmp)(x), signatures.keras_outputs(model, x), model, tolerance, default
+        )
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp + ".int8"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     return path
 
 

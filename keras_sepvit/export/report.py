@@ -122,8 +122,22 @@ def write_report(folder, table, rows, failures):
     """Writes `report.md` (the table) and `report.json` (rows and failures); returns
     the path of `report.md`."""
     path = os.path.join(folder, "report.md")
-    with open(path, "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(folder, "report.json"), "w") as f:
-        json.dump({"rows": rows, "failures": failures}, f, indent=2)
+    _write_text(path, table + "\n")
+    _write_text(
+        os.path.join(folder, "report.json"),
+        json.dumps({"rows": rows, "failures": failures}, indent=2),
+    )
     return path
+
+
+def _write_text(path, text):
+    """Whole or not at all: a failed write (a full disk) keeps the old file and
+    leaves no temporary."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

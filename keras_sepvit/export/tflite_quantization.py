@@ -82,8 +82,12 @@ def _write(quantizer, calibration, out_path):
     with _quiet():
         result = quantizer.quantize(calibration, enable_progress_report=False)
     tmp = out_path + ".aeq.tmp"
-    result.export_model(tmp, overwrite=True)
-    os.replace(tmp, out_path)
+    try:
+        result.export_model(tmp, overwrite=True)
+        os.replace(tmp, out_path)
+    finally:  # a failed write (a full disk) leaves no temporary
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return out_path
 
 

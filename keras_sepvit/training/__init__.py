@@ -8,13 +8,16 @@ One file per job:
   (segmentation), `WarmupStepDecay` (detection).
 - `checkpoints`: the atomic checkpoint store: `AtomicCheckpoint`,
   `verify_checkpoint`, `read_state`, `restore`, `load_best`.
-- `runs`: the run folder: `check_run`, `prepare_run`, `training_callbacks`,
-  `run_summary`.
+- `runs`: the run folder: `check_run`, `check_script_run`, `prepare_run`,
+  `release_run`, `run_lock`, `training_callbacks`, `run_summary`.
+- `locks`: one process per run folder (`run.lock`, `RunLockedError`).
+- `settings`: a run's stored settings, compared on resume
+  (`run_settings`, `NOT_SETTINGS`, `SettingsChangedError`).
 - `distribution`: multi-worker TensorFlow, JAX `DataParallel` and multi-host,
   the chief rule.
 - `errors`: `TrainingError` and its kinds.
-- `cli`: what the training scripts share: `--out/--resume/--overwrite`,
-  `epoch_steps`, `exit_on_error`.
+- `cli`: what the training scripts share: `--out/--resume/--overwrite/
+  --allow-changed-settings`, `epoch_steps`, `exit_on_error`.
 
 Distribution, by backend (`distribution_scope` picks it): TensorFlow uses
 `MultiWorkerMirroredStrategy` when a cluster is configured (`TF_CONFIG`, or a
@@ -64,6 +67,7 @@ from keras_sepvit.training.errors import (
     RunExistsError,
     TrainingError,
 )
+from keras_sepvit.training.locks import LOCK, RunLockedError
 from keras_sepvit.training.recipe import (
     BASE_BATCH_SIZE,
     BASE_LEARNING_RATE,
@@ -76,8 +80,11 @@ from keras_sepvit.training.recipe import (
 )
 from keras_sepvit.training.runs import (
     check_run,
+    check_script_run,
     prepare_run,
     refuse_existing_run,
+    release_run,
+    run_lock,
     run_summary,
     training_callbacks,
 )
@@ -87,6 +94,13 @@ from keras_sepvit.training.schedules import (
     poly_schedule,
     warmup_cosine_schedule,
 )
+from keras_sepvit.training.settings import (
+    NOT_SETTINGS,
+    SETTINGS,
+    SETTINGS_LOG,
+    SettingsChangedError,
+    run_settings,
+)
 
 __all__ = [
     "AdamW",
@@ -95,6 +109,7 @@ __all__ = [
     "BASE_LEARNING_RATE",
     "BEST",
     "check_run",
+    "check_script_run",
     "CHECKPOINT",
     "CheckpointError",
     "CheckpointWriteError",
@@ -112,10 +127,12 @@ __all__ = [
     "JIT_COMPILE",
     "LAST",
     "load_best",
+    "LOCK",
     "LOG",
     "make_optimizer",
     "multi_worker_strategy",
     "no_weight_decay_variables",
+    "NOT_SETTINGS",
     "NonFiniteError",
     "optimizer_step",
     "poly_schedule",
@@ -124,11 +141,18 @@ __all__ = [
     "read_state",
     "RECIPES",
     "refuse_existing_run",
+    "release_run",
     "replicas",
     "restore",
+    "run_lock",
+    "run_settings",
     "run_summary",
     "RunExistsError",
+    "RunLockedError",
     "scaled_learning_rate",
+    "SETTINGS",
+    "SETTINGS_LOG",
+    "SettingsChangedError",
     "shard_by",
     "STATE",
     "STATE_FORMAT",

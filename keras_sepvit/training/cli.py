@@ -1,8 +1,8 @@
 """The command-line pieces every training script shares.
 
 - `add_run_arguments(parser, default_out)`: `--out`, `--resume`,
-  `--overwrite`; `check_run_arguments(parser, args)` refuses both of the
-  last two at once.
+  `--overwrite`, `--allow-changed-settings`; `check_run_arguments(parser,
+  args)` refuses `--resume` with `--overwrite`, and the last without `--resume`.
 - `epoch_steps(num_examples, batch_size, steps_per_epoch)`: steps per
   epoch, refused before any training when the split is smaller than a batch
   (the message names the flag to change); `warmup_epochs`: the warm-up,
@@ -30,13 +30,15 @@ with exit_on_error():  # a run already in --out: "error: ... --resume ... --over
 
 import contextlib
 
+from keras_sepvit.training import locks
 from keras_sepvit.training.errors import TrainingError
 
 RUN_FOLDER_HELP = "checkpoints, CSV and TensorBoard logs"
 
 
 def add_run_arguments(parser, default_out, out_help=RUN_FOLDER_HELP):
-    """Adds the run-folder flags: `--out`, `--resume` and `--overwrite`.
+    """Adds the run-folder flags: `--out`, `--resume`, `--overwrite` and
+    `--allow-changed-settings` (`training.settings`).
 
     Args:
         parser: argparse.ArgumentParser. The script's parser.
@@ -53,19 +55,30 @@ def add_run_arguments(parser, default_out, out_help=RUN_FOLDER_HELP):
         action="store_true",
         help="start over in an --out that holds a run (deletes its checkpoints and logs)",
     )
+    parser.add_argument(
+        "--allow-changed-settings",
+        action="store_true",
+        help="--resume with settings other than the run's (each change is logged to "
+        "settings.log); without it such a resume is refused",
+    )
 
 
 def check_run_arguments(parser, args):
-    """Refuses `--resume` with `--overwrite` (`parser.error`: usage, exit status 2)."""
+    """Refuses `--resume` with `--overwrite`, and `--allow-changed-settings` without
+    `--resume` (`parser.error`: usage, exit status 2)."""
     if args.resume and args.overwrite:
         parser.error("--resume continues the run in --out, --overwrite deletes it: pass one")
+    if getattr(args, "allow_changed_settings", False) and not args.resume:
+        parser.error("--allow-changed-settings applies to --resume only: add --resume or drop it")
 
 
 @contextlib.contextmanager
 def exit_on_error(*extra_error_types):
     """Turns `TrainingError` and `extra_error_types` into `SystemExit(f"error: {e}")`.
 
-    Any other exception passes unchanged (a bug keeps its traceback).
+    The script stops there, so the run-folder locks it holds are released
+    first (`training.locks`; also when `main` is called in a process that
+    goes on). Any other exception passes unchanged (a bug keeps its traceback).
 
     Args:
         *extra_error_types: exception classes the block may raise with a
@@ -75,6 +88,7 @@ def exit_on_error(*extra_error_types):
     try:
         yield
     except (TrainingError, *extra_error_types) as e:
+        locks.release_all()
         raise SystemExit(f"error: {e}") from e
 
 

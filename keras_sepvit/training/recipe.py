@@ -12,7 +12,12 @@ import keras
 
 from keras_sepvit.layers import PositionEncoding, WindowTokens
 from keras_sepvit.training.distribution import AdamW, replicas
-from keras_sepvit.training.runs import prepare_run, refuse_existing_run, training_callbacks
+from keras_sepvit.training.runs import (
+    prepare_run,
+    refuse_existing_run,
+    run_lock,
+    training_callbacks,
+)
 from keras_sepvit.training.schedules import warmup_cosine_schedule
 
 # Sec. 4.1 and the DeiT/PVT recipe it follows; Lite is not in the paper's
@@ -111,31 +116,36 @@ def fit(
 
     In a cluster (TensorFlow multi-worker, JAX multi-host), call it on every
     worker with the same shared `directory`: the chief alone deletes, writes
-    and commits; every worker restores from it.
+    and commits; every worker restores from it. The chief holds the folder's
+    lock while it trains (released at the end, also on an error, unless
+    `check_run` took it before); another process holding it is refused.
 
     Raises:
+        RunLockedError: another live process holds `directory`.
         RunExistsError: `directory` holds a run and neither flag was given.
         CheckpointError: the checkpoint to resume is missing or damaged.
         NonFiniteError: the loss became NaN/inf (nothing of that epoch is saved).
         CheckpointWriteError: a checkpoint could not be written (e.g. disk full).
     """
-    refuse_existing_run(directory, resume, overwrite)  # before compiling
-    model.compile(
-        optimizer,
-        keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-        metrics=["accuracy"],
-        jit_compile=jit_compile,
-    )
-    initial_epoch = prepare_run(model, directory, resume, overwrite)
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps_per_epoch,
-        validation_steps=validation_steps,
-        callbacks=training_callbacks(directory, tensorboard=tensorboard),
-        shuffle=False,  # the tf.data pipeline shuffles
-        verbose=verbose,
-    )
-    return history, initial_epoch
+    # The chief holds the run folder's lock (`runs.check_run` may have taken it already).
+    with run_lock(directory):
+        refuse_existing_run(directory, resume, overwrite)  # before compiling
+        model.compile(
+            optimizer,
+            keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+            metrics=["accuracy"],
+            jit_compile=jit_compile,
+        )
+        initial_epoch = prepare_run(model, directory, resume, overwrite)
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_steps=validation_steps,
+            callbacks=training_callbacks(directory, tensorboard=tensorboard),
+            shuffle=False,  # the tf.data pipeline shuffles
+            verbose=verbose,
+        )
+        return history, initial_epoch

@@ -1,17 +1,28 @@
 """A training run's folder: refuse to clobber it, ready it, resume it, report it.
 
-`check_run` refuses, before any work, an output folder that holds a run
-unless resume or overwrite was asked (and verifies the checkpoint to resume);
-`prepare_run` clears or restores it for a compiled model; `training_callbacks`
-are the atomic checkpoints and TensorBoard logs; `run_summary` is the last
-line a script prints.
+`check_run` refuses, before any work, an output folder that another process
+holds (`locks`), or that holds a run unless resume or overwrite was asked
+(and verifies the checkpoint to resume, and compares the settings of a
+resume with the run's: `settings`); `check_script_run` is the same for a
+script's parsed flags. `prepare_run` clears or restores the folder for a
+compiled model and stores the settings; `training_callbacks` are the atomic
+checkpoints and TensorBoard logs; `run_summary` is the last line a script
+prints.
+
+The chief holds the folder's lock from `check_run` (or `prepare_run`) until
+`release_run` or the end of the process; `run_lock` (what `fit` uses) holds
+it for a block only.
 """
 
+import argparse
+import contextlib
+import json
 import os
 import warnings
 
 import keras
 
+from keras_sepvit.training import locks
 from keras_sepvit.training.checkpoints import (
     BEST,
     CHECKPOINT,
@@ -27,6 +38,13 @@ from keras_sepvit.training.checkpoints import (
 )
 from keras_sepvit.training.distribution import is_chief
 from keras_sepvit.training.errors import RunExistsError
+from keras_sepvit.training.settings import (
+    check_settings,
+    clear_settings,
+    log_changes,
+    run_settings,
+    write_settings,
+)
 
 
 def _tensorboard_available():
@@ -69,38 +87,129 @@ def refuse_existing_run(directory, resume, overwrite):
         )
 
 
-def check_run(directory, resume=False, overwrite=False):
+def _as_settings(settings):
+    """A script's namespace as its settings (`run_settings`); a dict as JSON values."""
+    if settings is None:
+        return None
+    if isinstance(settings, argparse.Namespace):
+        return run_settings(settings)
+    return json.loads(json.dumps(dict(settings), default=str))
+
+
+def check_run(directory, resume=False, overwrite=False, settings=None,
+              allow_changed_settings=False):  # fmt: skip
     """Refuses, before any work, to train into a `directory` that holds a run.
 
-    Without `resume` or `overwrite` an existing run is refused; with `resume`
-    its checkpoint is verified now (checksums), so a damaged one is refused
-    before data or models are built.
+    The chief takes the folder's lock first (`locks`: another live process
+    holding it is refused) and keeps it until `release_run` or the end of the
+    process. Without `resume` or `overwrite` an existing run is refused; with
+    `resume` its checkpoint is verified now (checksums), so a damaged one is
+    refused before data or models are built, and `settings` (a dict of JSON
+    values, or a script's `argparse.Namespace`: `settings.run_settings`) are
+    compared with the run's stored ones: a difference is refused, naming each,
+    unless `allow_changed_settings`. `prepare_run` stores them.
 
     Raises:
         ValueError: both `resume` and `overwrite`.
+        RunLockedError: another live process holds `directory`.
         RunExistsError: `directory` holds a run and neither flag was given.
         CheckpointError: the checkpoint to resume is damaged.
+        SettingsChangedError: a resume with other settings, not allowed.
     """
-    refuse_existing_run(directory, resume, overwrite)
-    if resume:
-        read_state(directory)
+    if resume and overwrite:
+        raise ValueError("Pass `resume=True` or `overwrite=True`, not both.")
+    settings = _as_settings(settings)
+    chief = is_chief()
+    taken = chief and locks.hold(directory)
+    try:
+        refuse_existing_run(directory, resume, overwrite)
+        changes = []
+        if resume:
+            read_state(directory)
+            if settings is not None and existing_run(directory):
+                changes = check_settings(directory, settings, allow_changed_settings, not chief)
+    except BaseException:
+        if taken:
+            locks.release(directory)
+        raise
+    if chief and settings is not None:  # stored by `prepare_run` when the run starts
+        locks.held_lock(directory).pending_settings = (settings, changes)
 
 
-def prepare_run(model, directory, resume=False, overwrite=False):
+def check_script_run(args, directory=None, ignore=()):
+    """`check_run` for a script's parsed flags: `--out` (or `directory`, the run folder
+    inside it), `--resume`, `--overwrite`, `--allow-changed-settings`, and as the run's
+    settings every other flag but `settings.NOT_SETTINGS` and the names in `ignore`."""
+    check_run(
+        args.out if directory is None else directory,
+        args.resume,
+        args.overwrite,
+        run_settings(args, ignore),
+        getattr(args, "allow_changed_settings", False),
+    )
+
+
+def release_run(directory):
+    """Releases the lock of `directory` that `check_run`/`prepare_run` took (no-op
+    when this process holds none); it is released at exit otherwise."""
+    locks.release(directory)
+
+
+@contextlib.contextmanager
+def run_lock(directory):
+    """Holds the lock of `directory` (chief only) in the block; released at its end,
+    also on an error or Ctrl-C, unless it was held before the block."""
+    with locks.held(directory, take=is_chief()):
+        yield
+
+
+def prepare_run(model, directory, resume=False, overwrite=False, settings=None,
+                allow_changed_settings=False):  # fmt: skip
     """Readies `directory` for a compiled `model`; returns the epoch to start from.
 
-    `overwrite` deletes the previous run's checkpoints and logs; `resume`
-    restores weights and optimizer state from the verified checkpoint and
-    rewrites `log.csv` from its committed history. In a cluster only the
-    chief deletes and writes; every worker restores.
+    The chief takes the folder's lock (unless `check_run` did; kept until
+    `release_run` or exit). `overwrite` deletes the previous run's
+    checkpoints, logs and settings; `resume` restores weights and optimizer
+    state from the verified checkpoint and rewrites `log.csv` from its
+    committed history. The run's `settings` (or those `check_run` checked)
+    are stored in `settings.json`, and changes allowed on a resume are
+    appended to `settings.log`. In a cluster only the chief deletes and
+    writes; every worker restores.
     """
-    refuse_existing_run(directory, resume, overwrite)  # `restore` verifies the checkpoint
     chief = is_chief()
+    taken = chief and locks.hold(directory)
+    try:
+        initial_epoch = _prepare(
+            model, directory, resume, overwrite, settings, allow_changed_settings, chief
+        )
+    except BaseException:
+        if taken:
+            release_run(directory)
+        raise
+    return initial_epoch
+
+
+def _prepare(model, directory, resume, overwrite, settings, allow_changed_settings, chief):
+    refuse_existing_run(directory, resume, overwrite)  # `restore` verifies the checkpoint
+    settings = _as_settings(settings)
+    lock = locks.held_lock(directory)
+    pending, changes = None, []
+    if lock is not None:
+        pending, lock.pending_settings = lock.pending_settings, None
+    if settings is not None and resume and existing_run(directory):
+        changes = check_settings(directory, settings, allow_changed_settings, not chief)
+    elif settings is None and pending is not None:
+        settings, changes = pending
     if overwrite and chief:
         clear_run(directory)
+        clear_settings(directory)
     if chief:
         os.makedirs(directory, exist_ok=True)
     initial_epoch = restore(model, directory) if resume else 0
+    if chief and settings is not None:
+        if changes:
+            log_changes(directory, changes)
+        write_settings(directory, settings)
     if initial_epoch and chief:
         write_log(directory, read_state(directory)["history"])
         print(f"Resuming at epoch {initial_epoch + 1} from {directory}")
