@@ -21,11 +21,13 @@ the floor (mAP@0.5 >= 0.5, mIoU >= 0.6) in a full run.
 import argparse
 import json
 import os
+import runpy
 import sys
 import time
 
-# Before TensorFlow loads: its C++ log lines (keras_sepvit.tf_logging says why).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Run by path in main(), before keras_sepvit loads TensorFlow: TensorFlow without its
+# start-up notices, errors kept (that file says why).
+TF_LOGGING = os.path.join(os.path.dirname(__file__), os.pardir, "keras_sepvit", "tf_logging.py")
 
 FLOOR = {"map50": 0.5, "miou": 0.6}
 BACKBONES = ("sepvit_lite", "mit_b0")
@@ -145,9 +147,7 @@ def draw(path, detector, segmenter, test_scenes, seg_data, count=4):
 
 def main(argv=None):
     args = parse_args(argv)
-    from keras_sepvit.tf_logging import quiet_tensorflow
-
-    quiet_tensorflow()
+    runpy.run_path(TF_LOGGING)["quiet_tensorflow"]()
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     detection, test_scenes = _detection(args.quick, args.seed)

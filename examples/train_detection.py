@@ -37,10 +37,12 @@ the batches the uninterrupted one would.
 
 import argparse
 import os
+import runpy
 import sys
 
-# Before TensorFlow loads: its C++ log lines (keras_sepvit.tf_logging says why).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Run by path in main(), before keras_sepvit loads TensorFlow: TensorFlow without its
+# start-up notices, errors kept (that file says why).
+TF_LOGGING = os.path.join(os.path.dirname(__file__), os.pardir, "keras_sepvit", "tf_logging.py")
 
 
 def _int_pair(text, flag):
@@ -179,9 +181,7 @@ def build_detector(args, num_classes):
 
 def main(argv=None):
     args = parse_args(argv)
-    from keras_sepvit.tf_logging import quiet_tensorflow
-
-    quiet_tensorflow()
+    runpy.run_path(TF_LOGGING)["quiet_tensorflow"]()
     import keras
 
     from keras_sepvit import training

@@ -30,10 +30,12 @@ status 1 and a message that says what to do.
 
 import argparse
 import os
+import runpy
 import sys
 
-# Before TensorFlow loads: its C++ log lines (keras_sepvit.tf_logging says why).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Run by path in main(), before keras_sepvit loads TensorFlow: TensorFlow without its
+# start-up notices, errors kept (that file says why).
+TF_LOGGING = os.path.join(os.path.dirname(__file__), os.pardir, "keras_sepvit", "tf_logging.py")
 
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -178,9 +180,7 @@ def load_data(args, split, class_names=None):
 def main(argv=None):
     backend = select_backend(backend_flag(argv))
     args = parse_args(argv)
-    from keras_sepvit.tf_logging import quiet_tensorflow
-
-    quiet_tensorflow()
+    runpy.run_path(TF_LOGGING)["quiet_tensorflow"]()
     import keras
 
     from keras_sepvit import data, training

@@ -34,10 +34,12 @@ says what to do.
 
 import argparse
 import os
+import runpy
 import sys
 
-# Before TensorFlow loads: its C++ log lines (keras_sepvit.tf_logging says why).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Run by path in main(), before keras_sepvit loads TensorFlow: TensorFlow without its
+# start-up notices, errors kept (that file says why).
+TF_LOGGING = os.path.join(os.path.dirname(__file__), os.pardir, "keras_sepvit", "tf_logging.py")
 
 DROP_PATH = {"sepvit_lite": 0.1, "sepvit_tiny": 0.2, "sepvit_small": 0.3, "sepvit_base": 0.4}
 BACKBONES = ("sepvit_lite", "sepvit_tiny", "sepvit_small", "sepvit_base", "mit_b0")
@@ -188,19 +190,29 @@ def compile_model(model, args, total_steps):
     )
 
 
-def load_data(args, initial_epoch, epochs):
+def load_sources(args):
+    """The training and validation splits, checked whole (before the run folder changes)."""
     from keras_sepvit import training
     from keras_sepvit.data import segmentation as sd
 
     if args.digit_scenes:
         train, val = sd.digit_scene_splits(args.num_train, args.num_test, args.crop_size, args.seed)
-        augment = dict(scale_range=None, flip=False)  # mirrored digits are other digits
     else:
         check = (args.num_classes, args.reduce_zero_label == "yes", args.skip_unreadable)
         train = sd.load_split(args.dataset, args.train_split, args.data_dir, *check)
         val = sd.load_split(args.dataset, args.val_split, args.data_dir, *check)
-        augment = dict(base_scale=(4 * args.crop_size, args.crop_size))
     training.epoch_steps(train.num_examples, args.batch_size)  # an epoch of at least one step
+    return train, val
+
+
+def load_data(args, sources, initial_epoch, epochs):
+    from keras_sepvit.data import segmentation as sd
+
+    train, val = sources
+    if args.digit_scenes:
+        augment = dict(scale_range=None, flip=False)  # mirrored digits are other digits
+    else:
+        augment = dict(base_scale=(4 * args.crop_size, args.crop_size))
     reduce = args.reduce_zero_label == "yes"
     train_ds = sd.train_dataset(
         train,
@@ -219,7 +231,7 @@ def load_data(args, initial_epoch, epochs):
     return train_ds, val_ds, train.num_examples, val.num_examples
 
 
-def fit(model, args, epochs):
+def fit(model, args, sources, epochs):
     """`model.fit` with keras_sepvit.training's atomic checkpoints and exact resume."""
     from keras_sepvit import training
 
@@ -227,7 +239,7 @@ def fit(model, args, epochs):
     if initial_epoch >= epochs:
         print(f"{args.out} already finished its {epochs} epochs.")
         return None, initial_epoch
-    train_ds, val_ds, num_train, num_val = load_data(args, initial_epoch, epochs)
+    train_ds, val_ds, num_train, num_val = load_data(args, sources, initial_epoch, epochs)
     print(
         f"Training {args.head} on {args.backbone}: {num_train} training / {num_val} validation "
         f"images, {args.num_classes} classes, {args.iterations} iterations of batch "
@@ -249,9 +261,7 @@ def fit(model, args, epochs):
 
 def main(argv=None):
     args = parse_args(argv)
-    from keras_sepvit.tf_logging import quiet_tensorflow
-
-    quiet_tensorflow()
+    runpy.run_path(TF_LOGGING)["quiet_tensorflow"]()
     import keras
 
     from keras_sepvit import training
@@ -260,14 +270,16 @@ def main(argv=None):
 
     # Before any work: the run folder's lock; an existing run needs --resume/--overwrite; a
     # damaged one is refused, a resume with other settings too (training.NOT_SETTINGS aside).
-    with exit_on_error():
+    # Then the data, checked whole: a bad file is refused before --overwrite deletes anything.
+    with exit_on_error(DataError):
         training.check_script_run(args)
+        sources = load_sources(args)
     keras.utils.set_random_seed(args.seed)
     epochs = args.iterations // args.steps_per_epoch
     model = build_model(args)
     compile_model(model, args, args.iterations)
     with exit_on_error(DataError):
-        history, initial_epoch = fit(model, args, epochs)
+        history, initial_epoch = fit(model, args, sources, epochs)
     summary = training.run_summary(training.read_state(args.out), args.out, epochs)
     if summary:
         print(summary)

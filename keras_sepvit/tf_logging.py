@@ -16,6 +16,11 @@ defaults (an earlier version turned the remapper off for the whole process,
 which changed keras-hub's RetinaNet boxes; the position encoding no longer
 trips it, see `keras_sepvit.layers.PositionEncoding`).
 
+`converter_notices_dropped()` does the same around a TFLite conversion or a
+LiteRT interpreter's start: the converter's and the runtime's notices of
+normal work (listed in `CONVERTER_NOTICES` / `CONVERTER_WARNINGS`, each with
+why it asks nothing of the user) are dropped; any other line is written back.
+
 This module imports nothing of keras_sepvit or Keras: importing
 `keras_sepvit.tf_logging` runs `keras_sepvit/__init__.py`, which loads
 TensorFlow, so a script runs this file by path before its first import of
@@ -27,6 +32,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 
 TF_LOG_LEVEL = "1"
 
@@ -59,9 +65,9 @@ def startup_lines_kept(text):
 
 
 @contextlib.contextmanager
-def _stderr_filtered():
+def _stderr_filtered(keep=startup_lines_kept):
     """Runs the block with file descriptor 2 written to a file, then writes
-    back what `startup_lines_kept` keeps (also if the block raised)."""
+    back the lines `keep(text)` returns (also if the block raised)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -74,8 +80,53 @@ def _stderr_filtered():
             os.close(saved)
             captured.seek(0)
             text = captured.read().decode("utf-8", errors="replace")
-            sys.stderr.writelines(startup_lines_kept(text))
+            sys.stderr.writelines(keep(text))
             sys.stderr.flush()
+
+
+# Notices of normal work from the TFLite converter and LiteRT's C++ code
+# (printed to file descriptor 2 whatever `TF_CPP_MIN_LOG_LEVEL` says); each is
+# expected on every export and asks nothing of the user:
+CONVERTER_NOTICES = (
+    # the converter ignores two options it sets itself for the SavedModel path
+    re.compile(r"^W\d{4} [\d:.]+ +\d+ tf_tfl_flatbuffer_helpers\.cc:\d+\] Ignored "),
+    # the runtime-version metadata is written by the exporter, as it says
+    re.compile(r"^W\d{4} [\d:.]+ +\d+ flatbuffer_export\.cc:\d+\] Skipping runtime version"),
+    # the calibrating quantizer's settings, printed with std::cerr on every call
+    re.compile(r"^fully_quantize: \d, inference_type: \d+, input_inference_type: \w+, "),
+    # LiteRT's CPU fast path, applied as designed (the export report says which files use it)
+    re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"),
+)
+# Python warnings of the same kind: the converter's advice to give statistics
+# for int8 inputs (our int8-full file stores its input scale, read back by
+# `runtimes.TFLiteRunner`), and the deprecation of `tf.lite.Interpreter`, which
+# TensorFlow's own calibrator uses inside `convert()` (ours is ai_edge_litert's).
+CONVERTER_WARNINGS = (
+    r"Statistics for quantized inputs were expected",
+    r"\s*Warning: tf\.lite\.Interpreter is deprecated",
+)
+
+
+def _without(patterns):
+    def keep(text):
+        lines = text.splitlines(keepends=True)
+        return [line for line in lines if not any(p.match(line) for p in patterns)]
+
+    return keep
+
+
+@contextlib.contextmanager
+def converter_notices_dropped():
+    """Runs a TFLite conversion or interpreter start without the notices above.
+
+    Everything else the block prints (warnings, errors) is written back as it
+    came; Python exceptions pass through.
+    """
+    with warnings.catch_warnings():
+        for message in CONVERTER_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        with _stderr_filtered(_without(CONVERTER_NOTICES)):
+            yield
 
 
 def quiet_tensorflow():

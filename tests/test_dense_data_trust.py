@@ -206,3 +206,31 @@ def test_segmentation_script_refuses_in_one_line(tmp_path, load_script, monkeypa
     with pytest.raises(SystemExit) as refused:
         script.main(argv)
     _one_line_error(refused, mask, "holds [9]")
+
+
+def test_bad_segmentation_data_refused_before_overwrite_deletes_the_run(
+    tmp_path, load_script, monkeypatch
+):
+    """--overwrite on a run with bad data: refused, and the old run is still whole."""
+    from keras_sepvit.demos import backbones
+    from keras_sepvit.hub import SepViTBackbone
+
+    monkeypatch.setattr(backbones, "build_backbone", lambda name, size, **k: SepViTBackbone(**TINY))
+    script = load_script("examples", "train_segmentation")
+    root = _seg_folder(tmp_path)
+    _write_folder(root, "validation", 2)
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)  # an earlier run's files, as they are
+    (run / "log.csv").write_text("epoch,loss\n0,1.0\n")
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    mask = os.path.join(root, "annotations", "training", "img0.png")
+    _set_pixel(mask, 9)
+    argv = [
+        "--dataset", root, "--train-split", "training", "--val-split", "validation",
+        "--num-classes", "4", "--iterations", "1", "--out", str(run), "--overwrite", *LIGHT,
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as refused:
+        script.main(argv)
+    _one_line_error(refused, mask, "holds [9]")
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+    assert (run / "log.csv").read_text() == "epoch,loss\n0,1.0\n"

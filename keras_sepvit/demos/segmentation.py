@@ -163,9 +163,7 @@ def main(argv=None):
     """`python -m keras_sepvit.demos.segmentation [--steps N] [--out report.json]`"""
     import argparse
     import json
-    import os
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = argparse.ArgumentParser(description="Semantic FPN: SepViT-Lite vs. MiT-B0")
     parser.add_argument("--steps", type=int, default=800, help="training steps (batch 16)")
     parser.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated")

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from keras_sepvit.tf_logging import converter_notices_dropped
+
 __all__ = ["ONNXRunner", "TFLiteRunner", "median_latency_ms", "tflite_ops"]
 
 
@@ -48,8 +50,9 @@ class TFLiteRunner:
     def __init__(self, path, num_threads=None):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=os.fspath(path), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+        with converter_notices_dropped():  # LiteRT's "Created ... XNNPACK delegate" notice
+            self.interpreter = Interpreter(model_path=os.fspath(path), num_threads=num_threads)
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.outputs = self.interpreter.get_output_details()
         self.output = self.outputs[0]

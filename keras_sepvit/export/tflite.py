@@ -34,6 +34,7 @@ import keras
 from keras_sepvit.export import checks, inference, signatures, tflite_quantization
 from keras_sepvit.export.runtimes import TFLiteRunner, tflite_ops
 from keras_sepvit.layers import SeparableSelfAttention
+from keras_sepvit.tf_logging import converter_notices_dropped
 
 QUANTIZATIONS = (None, "float32", "float16", "dynamic", "int8", "int8-full", "int16x8")
 _CALIBRATED = ("int8", "int8-full", "int16x8")
@@ -174,7 +175,8 @@ def _convert(converter_source, quantization, representative_data, qat_model):
     converter.target_spec.supported_ops = ops
     # Keras' SavedModel export prints every captured variable (about 1,500
     # "Captures" lines for SepViT-Lite): nothing a user acts on.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # The converter's notices of normal work are dropped (tf_logging says which).
+    with contextlib.redirect_stdout(io.StringIO()), converter_notices_dropped():
         if quantization == "int8":
             return _int8_with_float_attention(converter, qat_model, representative_data)
         return converter.convert()
