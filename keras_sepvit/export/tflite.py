@@ -266,18 +266,19 @@ def to_tflite(
     try:
         if quantization in ("int8", "dynamic") and not qat_model:
             _write_bytes(_convert(source, None, None, None), tmp + ".float")
-            if quantization == "dynamic":
-                tflite_quantization.quantize_dynamic(
-                    tmp + ".float", tmp, stem_names=inference.stem_names(source)
-                )
-            else:
-                tflite_quantization.quantize_int8_xnnpack(
-                    tmp + ".float",
-                    tmp,
-                    images,
-                    head_names=_head_layer_names(model),
-                    stem_names=inference.stem_names(source),
-                )
+            with converter_notices_dropped():  # the quantizer runs LiteRT to calibrate
+                if quantization == "dynamic":
+                    tflite_quantization.quantize_dynamic(
+                        tmp + ".float", tmp, stem_names=inference.stem_names(source)
+                    )
+                else:
+                    tflite_quantization.quantize_int8_xnnpack(
+                        tmp + ".float",
+                        tmp,
+                        images,
+                        head_names=_head_layer_names(model),
+                        stem_names=inference.stem_names(source),
+                    )
         else:
             _write_bytes(_convert(source, quantization, images, model), tmp)
         _check_tflite(tmp, model, quantization, sample_inputs, tolerance, images, min_agreement)
