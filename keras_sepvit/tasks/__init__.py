@@ -8,6 +8,8 @@ Needs keras-hub (`pip install keras-sepvit[hub]`):
   per-epoch `COCOEvaluation` callback.
 - `keras_sepvit.tasks.semantic_fpn`: Semantic FPN (the paper's ADE20K head),
   `SemanticFPNSegmenter`.
+- `keras_sepvit.tasks.upernet`: UperNet (the paper's other ADE20K head, as
+  mmseg's `UPerHead`, auxiliary FCN head in training), `UperNetSegmenter`.
 - `keras_sepvit.tasks.deeplab`: keras-hub's `DeepLabV3ImageSegmenter` on a
   SepViT (or any feature-pyramid) backbone.
 - `keras_sepvit.tasks.segmentation_losses`: the segmenters' loss and mean IoU.
