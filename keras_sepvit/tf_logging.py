@@ -65,7 +65,7 @@ def startup_lines_kept(text):
 
 
 @contextlib.contextmanager
-def _stderr_filtered(keep=startup_lines_kept):
+def stderr_filtered(keep=startup_lines_kept):
     """Runs the block with file descriptor 2 written to a file, then writes
     back the lines `keep(text)` returns (also if the block raised)."""
     sys.stderr.flush()
@@ -125,7 +125,7 @@ def converter_notices_dropped():
     with warnings.catch_warnings():
         for message in CONVERTER_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=UserWarning)
-        with _stderr_filtered(_without(CONVERTER_NOTICES)):
+        with stderr_filtered(_without(CONVERTER_NOTICES)):
             yield
 
 
@@ -139,7 +139,7 @@ def quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
     if "tensorflow" in sys.modules:
         return
-    with _stderr_filtered():
+    with stderr_filtered():
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # the device query that logs cuInit

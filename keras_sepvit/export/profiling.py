@@ -33,11 +33,11 @@ import functools
 import os
 import re
 import statistics
-import sys
-import tempfile
 import time
 
 import numpy as np
+
+from keras_sepvit.tf_logging import stderr_filtered
 
 _LOG_LINE = re.compile(
     r"Replacing (\d+)(?: out of (\d+))? node\(s\) with delegate \(([^)]*)\) node, "
@@ -232,21 +232,6 @@ def capture_tensors(path, inputs=None):
     return values
 
 
-@contextlib.contextmanager
-def _stderr_to(path):
-    """Redirects fd 2 (where the C++ runtime logs) to a file."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "wb") as f:
-        os.dup2(f.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def parse_delegation_log(text):
     """(taken, total, partitions) from TFLite's delegation log line, or None.
 
@@ -264,20 +249,18 @@ def parse_delegation_log(text):
 def _delegated_ops(path, num_threads=1, blob=None):
     """(set of op indices XNNPACK took, op count, XNNPACK partitions, log line or None)."""
     source = {"model_content": blob} if blob is not None else {"model_path": os.fspath(path)}
-    with tempfile.TemporaryDirectory() as folder:
-        log = os.path.join(folder, "stderr")
-        try:
-            with _stderr_to(log):
-                interpreter = _interpreter(num_threads, **source)
-                total = interpreter._interpreter.NumNodes()
-                interpreter.allocate_tensors()  # default delegates are applied lazily, here
-                nodes = interpreter._interpreter.NumNodes()
-        finally:
-            with open(log, errors="replace") as f:
-                text = f.read()
-        if text.strip():
-            os.write(2, text.encode())  # the runtime's messages, as they would have been
-        logged = parse_delegation_log(text)
+    captured = []
+
+    def keep(text):  # the runtime's messages are written back as they would have been
+        captured.append(text)
+        return text.splitlines(keepends=True)
+
+    with stderr_filtered(keep):  # fd 2, where the C++ runtime logs
+        interpreter = _interpreter(num_threads, **source)
+        total = interpreter._interpreter.NumNodes()
+        interpreter.allocate_tensors()  # default delegates are applied lazily, here
+        nodes = interpreter._interpreter.NumNodes()
+    logged = parse_delegation_log("".join(captured))
     producer, op_inputs = {}, []
     for i in range(total):
         detail = interpreter._get_op_details(i)
