@@ -19,6 +19,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from test_training_trust import _compiled  # one tiny compiled SepViT-Lite
 
 import keras_sepvit
 from keras_sepvit import training
@@ -26,13 +27,6 @@ from keras_sepvit.training import checkpoints
 
 LOGS = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.2, "val_accuracy": 0.6}
 FILES = ("best.weights.h5", "last.keras", "state.json")
-
-
-def _compiled():
-    model = keras_sepvit.SepViTLite(input_shape=(32, 32, 3), classes=4)
-    model.compile(training.make_optimizer(model, 1e-3, 100, 10), "categorical_crossentropy")
-    model.optimizer.build(model.trainable_variables)
-    return model
 
 
 @pytest.fixture(scope="module")

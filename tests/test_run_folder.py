@@ -16,6 +16,7 @@ import sys
 
 import keras
 import pytest
+from test_training_trust import _snapshot  # every file's bytes under a folder
 
 import keras_sepvit
 from keras_sepvit import training
@@ -29,15 +30,6 @@ ARGS = [
     "--warmup-epochs", "0", "--lr", "2e-3", "--clip-norm", "1", "--no-augment",
     "--no-tensorboard", "--jit-compile", "off",
 ]  # fmt: skip
-
-
-def _snapshot(directory):
-    files = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            files[os.path.relpath(path, directory)] = open(path, "rb").read()
-    return files
 
 
 def _fake_run(directory):
