@@ -11,18 +11,14 @@ import pytest
 
 pytest.importorskip("keras_hub")
 
+from test_segmentation import TINY  # noqa: E402  (the one tiny SepViT backbone config)
+
 from keras_sepvit import export  # noqa: E402
 from keras_sepvit.export import checks  # noqa: E402
 from keras_sepvit.hub import SepViTBackbone  # noqa: E402
 from keras_sepvit.tasks.deeplab import deeplabv3_segmenter  # noqa: E402
 from keras_sepvit.tasks.semantic_fpn import SemanticFPNSegmenter  # noqa: E402
 
-TINY = dict(
-    depths=(1, 1, 1, 1),
-    channels=(8, 16, 16, 32),
-    num_heads=(1, 1, 2, 2),
-    window_sizes=((7,), (7,), (7,), (7,)),
-)
 SHAPE = (64, 64, 3)
 
 

@@ -8,12 +8,11 @@ import pytest
 
 keras_hub = pytest.importorskip("keras_hub")
 
+from test_segmentation import TINY  # noqa: E402  (the one tiny SepViT backbone config)
+
 from keras_sepvit.demos.peers import mit_b0  # noqa: E402
 from keras_sepvit.hub import SepViTBackbone  # noqa: E402
 from keras_sepvit.tasks import retinanet  # noqa: E402
-
-TINY = dict(depths=(1, 1, 1, 1), channels=(8, 16, 16, 32), num_heads=(1, 1, 2, 2))
-TINY["window_sizes"] = ((7,), (7,), (7,), (7,))
 
 
 def tiny_sepvit(image_shape=None):

@@ -11,12 +11,11 @@ import pytest
 pytest.importorskip("keras_hub")
 pytest.importorskip("pycocotools")
 
+from test_segmentation import TINY  # noqa: E402  (the one tiny SepViT backbone config)
+
 from keras_sepvit.data import detection  # noqa: E402
 from keras_sepvit.data.digit_scenes import make_digit_scenes  # noqa: E402
 from keras_sepvit.hub import SepViTBackbone  # noqa: E402
-
-TINY = dict(depths=(1, 1, 1, 1), channels=(8, 16, 16, 32), num_heads=(1, 1, 2, 2))
-TINY["window_sizes"] = ((7,), (7,), (7,), (7,))
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ LIGHT = [
 DIGITS = ["--digit-scenes", "--num-train", "8", "--num-test", "4", *LIGHT]
 
 
-TINY = dict(
-    depths=(1, 1, 1, 1),
-    channels=(8, 16, 16, 32),
-    num_heads=(1, 1, 2, 2),
-    window_sizes=((7,), (7,), (7,), (7,)),
-)
+from test_segmentation import TINY  # noqa: E402  (the one tiny SepViT backbone config)
 
 
 @pytest.fixture

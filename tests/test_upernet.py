@@ -13,6 +13,8 @@ from keras import ops
 
 pytest.importorskip("keras_hub")
 
+from test_segmentation import TINY  # noqa: E402  (the one tiny SepViT backbone config)
+
 from keras_sepvit.hub import SepViTBackbone  # noqa: E402
 from keras_sepvit.tasks import upernet  # noqa: E402
 from keras_sepvit.tasks.upernet import (  # noqa: E402
@@ -22,12 +24,6 @@ from keras_sepvit.tasks.upernet import (  # noqa: E402
     UperNetSegmenter,
 )
 
-TINY = dict(
-    depths=(1, 1, 1, 1),
-    channels=(8, 16, 16, 32),
-    num_heads=(1, 1, 2, 2),
-    window_sizes=((7,), (7,), (7,), (7,)),
-)
 HEAD = dict(channels=16, auxiliary_channels=8)
 
 
