@@ -1,23 +1,25 @@
-"""Train a semantic segmenter (Semantic FPN or DeepLabV3+) on a SepViT backbone.
+"""Train a semantic segmenter (Semantic FPN, UperNet or DeepLabV3+) on a SepViT backbone.
 
     python examples/train_segmentation.py --out runs/fpn_ade     # ADE20K (tfds scene_parse150)
     python examples/train_segmentation.py --dataset /data/ADEChallengeData2016 \
         --val-split validation --out runs/fpn_ade                # mmseg's folder layout
     python examples/train_segmentation.py --digit-scenes --iterations 600 --lr 1e-3 \
         --out runs/digit_fpn                                     # offline, CPU minutes
+    python examples/train_segmentation.py --head upernet --backbone sepvit_tiny \
+        --test-scales paper --test-flip --out runs/upernet_ade   # UperNet 160k, + MS mIoU
     python examples/train_segmentation.py ... --resume     # continue where it stopped
     python examples/train_segmentation.py ... --overwrite  # start --out over (deletes its run)
 
-Defaults are the paper's Semantic FPN setting on ADE20K (Sec. 4.2): 512x512
-crops, AdamW with learning rate and weight decay 1e-4, 80k iterations at
-batch 16 with the poly (power 0.9) schedule, stochastic depth 0.2 / 0.3 / 0.4
-(T / S / B; 0.1 for Lite); mmsegmentation's augmentation (random rescale
-0.5-2x of (2048, 512), random crop, flip). ADE20K's label 0 ("other") is
-ignored (label 255) and 1..150 become 0..149. Evaluation: `keras.metrics.MeanIoU`
-on the validation split (images fitted into the crop size and padded; the
-padding is ignored). Backbones start from random weights unless
---init-from gives a SepViT classifier (`.weights.h5`, `.keras`, or the
-authors' `.pth`/`.npz`), loaded as the paper initialises from ImageNet.
+Defaults are the paper's setting of --head on ADE20K (Sec. 4.2; the table,
+with the why, is `keras_sepvit.tasks.segmentation_recipes`): 512x512 crops,
+batch 16, AdamW, poly decay; Semantic FPN 80k iterations at 1e-4; UperNet
+160k at 6e-5 (auxiliary FCN head, loss weight 0.4); mmsegmentation's
+augmentation. ADE20K's label 0 ("other") is ignored (label 255) and 1..150
+become 0..149. Evaluation: mean IoU on the validation split (images fitted
+into the crop size and padded; the padding is ignored); --test-scales /
+--test-flip add a multi-scale mIoU at the end ("paper": 0.5 to 1.75 by
+0.25). Backbones start from random weights unless --init-from gives a
+SepViT classifier (`.weights.h5`, `.keras`, or the authors' `.pth`/`.npz`).
 
 tfds' `scene_parse150` builder downloads the scene-parsing *instance*
 annotations, whose PNGs carry the class in their first channel; for the
@@ -41,14 +43,13 @@ import sys
 # start-up notices, errors kept (that file says why).
 TF_LOGGING = os.path.join(os.path.dirname(__file__), os.pardir, "keras_sepvit", "tf_logging.py")
 
-DROP_PATH = {"sepvit_lite": 0.1, "sepvit_tiny": 0.2, "sepvit_small": 0.3, "sepvit_base": 0.4}
 BACKBONES = ("sepvit_lite", "sepvit_tiny", "sepvit_small", "sepvit_base", "mit_b0")
-DATASETS = {  # name: (num_classes, reduce_zero_label, val split)
-    "scene_parse150": (150, True, "test"),
-}
+DATASETS = {"scene_parse150": (150, True, "test")}  # name: (classes, reduce zero label, val)
 
 
 def parse_args(argv=None):
+    from keras_sepvit.tasks.multi_scale import parse_scales
+    from keras_sepvit.tasks.segmentation_recipes import HEADS, recipe
     from keras_sepvit.training.cli import add_run_arguments, check_run_arguments
 
     p = argparse.ArgumentParser(
@@ -74,30 +75,41 @@ def parse_args(argv=None):
         choices=["auto", "yes", "no"],
         help="label 0 -> ignored, c -> c - 1 (auto: yes for ADE20K)",
     )
-    a("--head", default="semantic_fpn", choices=["semantic_fpn", "deeplabv3"], help="task head")
+    a("--head", default="semantic_fpn", choices=HEADS, help="task head")
     a("--backbone", default="sepvit_lite", choices=BACKBONES, help="backbone")
     a("--init-from", default=None, help="SepViT classifier weights for the backbone")
     a("--norm", default="group", choices=["group", "batch"], help="Semantic FPN head norm")
     a("--fpn-channels", type=int, default=256, help="Semantic FPN: FPN channels")
-    a("--head-channels", type=int, default=128, help="Semantic FPN: head channels")
+    a("--head-channels", type=int, default=None, help="head channels (FPN 128, UperNet 512)")
     a("--crop-size", type=int, default=None, help="training crop / eval size; default 512")
     add_run_arguments(p, "runs/segmentation")
-    a("--iterations", type=int, default=80000, help="training iterations (the paper: 80k)")
+    paper = "default: the paper's for --head"
+    a("--iterations", type=int, default=None, help=f"training iterations ({paper})")
     a("--steps-per-epoch", type=int, default=None, help="iterations between checkpoints/evals")
     a("--batch-size", type=int, default=16, help="global batch size")
-    a("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
-    a("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    a("--warmup-steps", type=int, default=0, help="linear warm-up iterations")
+    a("--lr", type=float, default=None, help=f"peak learning rate, AdamW ({paper})")
+    a("--weight-decay", type=float, default=None, help=f"AdamW weight decay ({paper})")
+    a("--warmup-steps", type=int, default=None, help=f"linear warm-up iterations ({paper})")
+    a("--poly-power", type=float, default=None, help=f"poly decay power ({paper})")
     a("--clip-norm", type=float, default=0.0, help="global gradient norm clip (0 = off)")
-    a("--drop-path", type=float, default=None, help="stochastic depth; default by variant")
+    a("--drop-path", type=float, default=None, help=f"stochastic depth ({paper}, variant)")
     a("--dropout", type=float, default=0.1, help="dropout before the classifier")
     a("--seed", type=int, default=0, help="random seed")
     a("--val-steps", type=int, default=None, help="limit validation batches")
+    a("--test-scales", default="1.0", help="final multi-scale test: 'paper' or e.g. 0.5,1,1.5")
+    a("--test-flip", action="store_true", help="final test: also the left-right mirrored image")
     a("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
     a("--verbose", type=int, default=2, choices=[0, 1, 2], help="Keras progress output")
     a("--skip-unreadable", action="store_true", help="folders: skip files that do not decode")
     args = p.parse_args(argv)
     check_run_arguments(p, args)
+    for key, value in recipe(args.head, args.backbone, args.iterations).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    try:
+        args.test_scales = parse_scales(args.test_scales)
+    except ValueError as e:
+        p.error(f"--test-scales: {e}")
     for flag in ("iterations", "batch_size"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1. Received: {getattr(args, flag)}")
@@ -139,9 +151,11 @@ def parse_args(argv=None):
 def build_model(args):
     """The segmenter of --head on --backbone, uncompiled."""
     from keras_sepvit.demos import backbones
+    from keras_sepvit.tasks.segmentation_recipes import build_segmenter
 
-    drop_path = DROP_PATH.get(args.backbone, 0.1) if args.drop_path is None else args.drop_path
-    backbone = backbones.build_backbone(args.backbone, args.crop_size, drop_path_rate=drop_path)
+    backbone = backbones.build_backbone(
+        args.backbone, args.crop_size, drop_path_rate=args.drop_path
+    )
     if args.init_from:
         if not args.backbone.startswith("sepvit"):
             raise SystemExit(f"error: --init-from needs a SepViT backbone, not {args.backbone}")
@@ -151,42 +165,14 @@ def build_model(args):
             load_classifier_weights(backbone, args.init_from)
         except (OSError, ValueError) as e:
             raise SystemExit(f"error: --init-from {args.init_from}: {e}") from e
-    if args.head == "deeplabv3":
-        from keras_sepvit.tasks.deeplab import deeplabv3_segmenter
-
-        return deeplabv3_segmenter(backbone, args.num_classes, compile=False)
-    from keras_sepvit.tasks.semantic_fpn import SemanticFPNSegmenter
-
-    groups = 32 if args.head_channels % 32 == 0 else 1
-    return SemanticFPNSegmenter(
+    return build_segmenter(
+        args.head,
         backbone,
         args.num_classes,
         fpn_channels=args.fpn_channels,
         head_channels=args.head_channels,
         norm=args.norm,
-        groups=groups,
         dropout=args.dropout,
-        compile=False,
-    )
-
-
-def compile_model(model, args, total_steps):
-    import keras
-
-    from keras_sepvit import training
-    from keras_sepvit.tasks.segmentation_losses import mean_iou, segmentation_loss
-    from keras_sepvit.training.schedules import PolyDecay
-
-    optimizer = keras.optimizers.AdamW(
-        PolyDecay(args.lr, total_steps, warmup_steps=args.warmup_steps),
-        weight_decay=args.weight_decay,
-        global_clipnorm=args.clip_norm or None,
-    )
-    optimizer.exclude_from_weight_decay(var_list=training.no_weight_decay_variables(model))
-    model.compile(
-        optimizer=optimizer,
-        loss=segmentation_loss(255),
-        metrics=[mean_iou(args.num_classes, 255)],
     )
 
 
@@ -259,6 +245,23 @@ def fit(model, args, sources, epochs):
     return history, initial_epoch
 
 
+def multi_scale_miou(model, args, sources):
+    """The final model's mIoU on the validation split with --test-scales / --test-flip."""
+    from keras_sepvit.data import segmentation as sd
+    from keras_sepvit.tasks.multi_scale import evaluate_multi_scale
+
+    settings = vars(args) | {"crop_size": None, "init_from": None}  # weights: set below
+    any_size = build_model(argparse.Namespace(**settings))
+    any_size.set_weights(model.get_weights())  # the trained model, at any input size
+    reduce = args.reduce_zero_label == "yes"
+    data = sd.eval_dataset(sources[1], args.batch_size, args.crop_size, reduce_zero_label=reduce)
+    data = data.take(args.val_steps) if args.val_steps else data
+    miou = evaluate_multi_scale(any_size, data, args.num_classes, args.test_scales, args.test_flip)
+    scales = ", ".join(f"{s:g}" for s in args.test_scales) + (", flip" if args.test_flip else "")
+    print(f"Multi-scale test (scales {scales}): mIoU {miou:.4f}")
+    return miou
+
+
 def main(argv=None):
     args = parse_args(argv)
     runpy.run_path(TF_LOGGING)["quiet_tensorflow"]()
@@ -266,23 +269,29 @@ def main(argv=None):
 
     from keras_sepvit import training
     from keras_sepvit.data import DataError
+    from keras_sepvit.tasks.segmentation_recipes import compile_segmenter
     from keras_sepvit.training.cli import exit_on_error
 
-    # Before any work: the run folder's lock; an existing run needs --resume/--overwrite; a
-    # damaged one is refused, a resume with other settings too (training.NOT_SETTINGS aside).
-    # Then the data, checked whole: a bad file is refused before --overwrite deletes anything.
+    # First the run folder's lock and checks (existing run, damage, changed settings), then
+    # the data, checked whole: a bad file is refused before --overwrite deletes anything.
     with exit_on_error(DataError):
         training.check_script_run(args)
         sources = load_sources(args)
     keras.utils.set_random_seed(args.seed)
     epochs = args.iterations // args.steps_per_epoch
     model = build_model(args)
-    compile_model(model, args, args.iterations)
+    compile_segmenter(
+        model, args.num_classes, args.lr, args.weight_decay, args.iterations,
+        args.warmup_steps, args.poly_power, args.clip_norm,
+    )  # fmt: skip
     with exit_on_error(DataError):
         history, initial_epoch = fit(model, args, sources, epochs)
     summary = training.run_summary(training.read_state(args.out), args.out, epochs)
     if summary:
         print(summary)
+    if args.test_scales != (1.0,) or args.test_flip:
+        with exit_on_error(DataError):
+            multi_scale_miou(model, args, sources)
     return history, initial_epoch
 
 
