@@ -195,3 +195,8 @@ def test_script_trains_upernet_and_tests_multi_scale(load_script, monkeypatch, t
     line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("Multi-scale")]
     assert line and line[0].startswith("Multi-scale test (scales 1, 1.5, flip): mIoU ")
     assert 0.0 <= float(line[0].rsplit(" ", 1)[1]) <= 1.0
+    # A finished run, resumed with other test scales: its final weights are tested again.
+    rest = args[: args.index("--test-scales")]
+    script.main([*rest, "--test-scales", "1", "--test-flip", "--out", out, "--resume"])
+    printed = capsys.readouterr().out
+    assert "already finished" in printed and "Multi-scale test (scales 1, flip): mIoU " in printed

@@ -39,6 +39,8 @@ NOT_SETTINGS = {
     "num_processes": "where the run executes (multi-host JAX)",
     "process_id": "where the run executes (multi-host JAX)",
     "eval_batch_size": "evaluation batching only",
+    "test_scales": "the test after training only",
+    "test_flip": "the test after training only",
 }
 
 
