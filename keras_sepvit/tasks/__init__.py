@@ -13,6 +13,12 @@ Needs keras-hub (`pip install keras-sepvit[hub]`):
 - `keras_sepvit.tasks.deeplab`: keras-hub's `DeepLabV3ImageSegmenter` on a
   SepViT (or any feature-pyramid) backbone.
 - `keras_sepvit.tasks.segmentation_losses`: the segmenters' loss and mean IoU.
+- `keras_sepvit.tasks.mask_rcnn`: Mask R-CNN (mmdet's `mask-rcnn_r50_fpn_1x`,
+  `keras.ops` only), `sepvit_mask_rcnn`, `detect_instances`; its pieces in
+  `mask_rcnn_targets` (anchors, box coding, NMS, target assignment, losses)
+  and `roi_align` (RoIAlign, mask pasting).
+- `keras_sepvit.tasks.coco_mask_eval`: COCO `bbox` and `segm` mAP of
+  instance masks (RLE, pycocotools).
 
 Input pipelines are in `keras_sepvit.data`, the digit-scenes comparisons
 with MiT-B0 in `keras_sepvit.demos`.
