@@ -11,14 +11,14 @@ of --runs rounds invokes every file once, so that a slow patch of the
 machine hits all of them alike; the figure is the median. Prints a Markdown
 table with the XNNPACK delegation of each file, the ratios the edge issue
 holds SepViT to (int8 / its own float32, int8 / MobileNetV2 int8) and
-writes it with a PNG plot to benchmarks/results/. Weights are random:
+writes it with a PNG plot to benchmarks/results/; the header names the CPU
+model and its vector extensions, the date and the versions. Weights are random:
 latency does not depend on them, but calibration does, so SepViT's
 zero-initialised window tokens and biases are perturbed.
 """
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
@@ -75,11 +75,9 @@ def main(argv=None):
     if args.quick:
         args.size, args.runs, args.calibration, args.peers = 64, 2, 2, "MobileNetV2"
     threads = [int(t) for t in args.threads.split(",")]
-    import keras
-    import tensorflow as tf
 
     from keras_sepvit.export import TFLiteRunner, to_tflite
-    from keras_sepvit.export.profiling import xnnpack_delegation
+    from keras_sepvit.export.profiling import machine_description, xnnpack_delegation
 
     rng = np.random.default_rng(1)
     images = rng.uniform(0, 255, (args.calibration, args.size, args.size, 3)).astype("float32")
@@ -101,9 +99,8 @@ def main(argv=None):
         results = time_interleaved(runners, images[:1], args.runs)
     header = (
         f"TFLite (LiteRT {_litert_version()}, XNNPACK) latency, batch 1, {args.size}x{args.size}, "
-        f"median of {args.runs} interleaved rounds; {time.strftime('%Y-%m-%d')}, "
-        f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores; "
-        f"keras {keras.__version__}, tensorflow {tf.__version__}"
+        f"median of {args.runs} interleaved rounds; "
+        f"{machine_description(('ai-edge-litert', 'keras', 'tensorflow'))}"
     )
     lines = [header, "", "| model | mode | XNNPACK nodes (taken/total, partitions) | "
              + " | ".join(f"{t} thread ms" for t in threads) + " |"]  # fmt: skip

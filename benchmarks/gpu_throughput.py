@@ -25,7 +25,6 @@ autocast, channels-last, eager.
 
 import argparse
 import os
-import platform
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -180,13 +179,15 @@ def main(argv=None):
         for peer in peers:
             results[peer] = peer_rate(peer, args.batch_size, args.size, args.runs, mixed)
             print(f"  {peer}: {results[peer]:.1f} img/s", flush=True)
+    from keras_sepvit.export.profiling import machine_description  # no TensorFlow
+
     device = f"{len(jax.devices())} x {jax.devices()[0].device_kind}"
     header = (
         f"{'Training' if train else 'Inference'} throughput, batch {args.batch_size}, "
         f"{args.size}x{args.size}, "
         f"{'float16 mixed precision' if mixed else 'float32'}, median of {args.runs}; {device}; "
         f"SepViT: keras {keras.__version__} + jax {jax.__version__}; peers: torch "
-        f"{torch.__version__} (transformers); {platform.machine()}"
+        f"{torch.__version__} (transformers); host {machine_description()}"
     )
     lines = [header, "", "| model | images/s | SepViT / model |", "|---|---|---|"]
     for sepvit, peers in pairs.items():

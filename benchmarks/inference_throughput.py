@@ -13,7 +13,6 @@ PNG plot to benchmarks/results/.
 
 import argparse
 import os
-import platform
 
 import numpy as np
 
@@ -53,8 +52,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.batch_size, args.runs, args.size = 2, 1, 64
-    import keras
-    import tensorflow as tf
+    from keras_sepvit.export.profiling import machine_description
 
     results = {}  # (model, jit) -> images/s
     for name, build in _models(args.size).items():
@@ -66,8 +64,7 @@ def main(argv=None):
             print(f"  {name}, XLA {'on' if jit else 'off'}: {results[name, jit]:.1f} img/s")
     header = (
         f"Keras inference throughput, batch {args.batch_size}, {args.size}x{args.size}, TF "
-        f"backend, median of {args.runs}; {platform.machine()}, {os.cpu_count()} cores, "
-        f"keras {keras.__version__}, tensorflow {tf.__version__}"
+        f"backend, median of {args.runs}; {machine_description(('keras', 'tensorflow'))}"
     )
     lines = [header, "", "| model | XLA | images/s | SepViT-T / ConvNeXt-T |", "|---|---|---|---|"]
     for (name, jit), rate in results.items():

@@ -22,14 +22,16 @@ timing loop interleaves the models (run i of every model, then run i + 1,
 in rotating order) after warm-up, so that a slow spell of the machine
 affects all of them alike; the figure is the median of --runs. Prints a
 Markdown table with the ratio SepViT / peer and writes it and a PNG plot to
-benchmarks/results/. Targets (issue 9): SepViT-Lite <= 0.85x PVTv2-b0,
-SepViT-T <= 0.95x Swin-T, 1 thread.
+benchmarks/results/; its header names the CPU model and vector extensions
+(`keras_sepvit.export.profiling.machine_description`: SepViT's ratios
+differ by CPU), the date and the versions. Targets (issue 19), 1 thread:
+SepViT-Lite <= 0.75x PVTv2-b0, SepViT-T <= 0.80x Swin-T, Lite int8 QDQ
+<= 0.5x its float file.
 """
 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -42,6 +44,8 @@ PAIRS = {  # SepViT variant -> its peers in the paper
     "SepViT-T": ("Swin-T", "PVTv2-b2"),
 }
 LITE_VARIANTS = ("SepViT-Lite dynamic batch", "SepViT-Lite int8")  # other files of Lite
+# Versions in the header, read without importing TensorFlow or PyTorch here.
+VERSIONS = ("onnxruntime", "keras", "tensorflow", "tf2onnx", "onnx", "torch", "transformers")
 
 
 def _peer(name):
@@ -184,11 +188,11 @@ def main(argv=None):
             }
             for name, ms in interleaved_median_ms(runners, args.runs).items():
                 results[name, threads] = ms
-    versions = _versions()
+    from keras_sepvit.export.profiling import machine_description  # after the timing: Keras
+
     header = (
         f"ONNX Runtime {ort.__version__} (CPU) latency, batch 1, {args.size}x{args.size}, median "
-        f"of {args.runs} interleaved runs; {platform.machine()}, {_cores()}; "
-        f"{versions}; random weights; {time.strftime('%Y-%m-%d')}"
+        f"of {args.runs} interleaved runs; random weights; {machine_description(VERSIONS)}"
     )
     lines = [
         header,
@@ -223,19 +227,6 @@ def main(argv=None):
     if not args.quick:
         _save(args.out, table, results, sepvits + peers)
     return results
-
-
-def _cores():
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{usable} of {os.cpu_count()} cores usable"
-
-
-def _versions():
-    """Package versions, read without importing TensorFlow or PyTorch here."""
-    from importlib import metadata
-
-    names = ("keras", "tensorflow", "tf2onnx", "onnx", "torch", "transformers")
-    return ", ".join(f"{n} {metadata.version(n)}" for n in names)
 
 
 def _save(folder, table, results, names):

@@ -18,7 +18,6 @@ plot to benchmarks/results/.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -93,14 +92,12 @@ def main(argv=None):
             else:
                 results[name, size] = _measure(name, size, args.runs)
             print(f"  {name} @ {size}: {results[name, size]}", flush=True)
-    import keras
-    import tensorflow as tf
+    from keras_sepvit.export.profiling import machine_description
 
     header = (
         f"SepViT-T backbone vs a global-attention ViT of the same width, batch 1, TF backend "
         f"(tf.function), median of {args.runs}; peak memory = resident memory added by the "
-        f"forward pass; {platform.machine()}, {os.cpu_count()} cores, keras {keras.__version__},"
-        f" tensorflow {tf.__version__}"
+        f"forward pass; {machine_description(('keras', 'tensorflow'))}"
     )
     lines = [header, "", "| size | model | ms | x vs 224 | peak MiB | SepViT-T / global (time) |"]
     lines.append("|---|---|---|---|---|---|")

@@ -18,7 +18,6 @@ writes it to benchmarks/results/train_step.md.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -136,18 +135,13 @@ def main(argv=None):
         for jit in (False,) if args.quick else JIT[backend]:
             rates = _child(args, "--child", "keras", "--jit", str(int(jit)), backend=backend)
             rows.append({"backend": backend, "jit": jit, **rates, "Swin-T": swin})
-    versions = {}
-    for name in ("keras", "tensorflow", "jax", "torch", "transformers"):
-        try:
-            versions[name] = __import__("importlib.metadata").metadata.version(name)
-        except Exception:
-            versions[name] = "?"
+    from keras_sepvit.export.profiling import machine_description
+
+    versions = ("keras", "tensorflow", "jax", "torch", "transformers")
     header = (
         f"Train step (AdamW, label smoothing 0.1), batch {args.batch_size}, "
         f"{args.size}x{args.size}, float32, median of {args.steps}; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        + ", ".join(f"{k} {v}" for k, v in versions.items())
-        + f"; Swin-T (PyTorch eager): {swin:.2f} images/s"
+        f"{machine_description(versions)}; Swin-T (PyTorch eager): {swin:.2f} images/s"
     )
     lines = [
         header,

@@ -10,12 +10,19 @@ initialisation and with the same budget per task:
   - Semantic FPN (`keras_sepvit.tasks.semantic_fpn`) on the same two
     backbones, scored with `keras.metrics.MeanIoU` (background + 10 digits).
 
-    python examples/dense_demo.py [--out runs/dense] [--quick]
+    python examples/dense_demo.py [--out runs/dense] [--quick] [--export]
 
 Prints and writes a table (mAP@0.5, mAP, mIoU, training time) to
 `--out/report.md` and `report.json`, and draws SepViT-Lite's predictions on
 held-out scenes to `--out/predictions.png`. Exits 1 if SepViT-Lite misses
 the floor (mAP@0.5 >= 0.5, mIoU >= 0.6) in a full run.
+
+`--export` then writes SepViT-Lite's trained Semantic FPN and RetinaNet as
+float32 and int8 TFLite and ONNX (QDQ) files to `--out/files`, scores each
+file on the held-out scenes in its runtime next to Keras, with its latency
+(one image, one thread) and int8's ratio to float32
+(`keras_sepvit.demos.edge`); a full run exits 1 if an int8 file scores more
+than 0.01 below Keras.
 """
 
 import argparse
@@ -42,6 +49,11 @@ def parse_args(argv=None):
         help="a few steps on a few scenes (checks the pipeline; scores mean nothing)",
     )
     p.add_argument("--seed", type=int, default=0, help="scene and training seed")
+    p.add_argument(
+        "--export",
+        action="store_true",
+        help="also export SepViT-Lite's models (float32, int8; TFLite, ONNX) and score the files",
+    )
     return p.parse_args(argv)
 
 
@@ -71,7 +83,7 @@ def _detection(quick, seed):
             f"{rows[-1]['seconds']:.0f} s",
             flush=True,
         )
-    return rows, test
+    return rows, test, train
 
 
 def _segmentation(quick, seed):
@@ -150,7 +162,7 @@ def main(argv=None):
     runpy.run_path(TF_LOGGING)["quiet_tensorflow"]()
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
-    detection, test_scenes = _detection(args.quick, args.seed)
+    detection, test_scenes, train_scenes = _detection(args.quick, args.seed)
     segmentation, seg_data = _segmentation(args.quick, args.seed)
     table = format_table(detection, segmentation)
     sepvit_det, mit_det = detection
@@ -186,12 +198,49 @@ def main(argv=None):
             for r in segmentation
         ],
     }
+    markdown = f"{table}\n\n{comparison}\n\n![predictions](predictions.png)\n"
+    if args.export:
+        files = _export(
+            args, sepvit_det["model"], sepvit_seg["model"], (train_scenes, test_scenes), seg_data
+        )
+        report["export"] = files
+        met["int8"] = files["bar_met"]
+        markdown += f"\n{files['table']}\n"
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(args.out, "report.md"), "w") as f:
-        f.write(f"{table}\n\n{comparison}\n\n![predictions](predictions.png)\n")
+        f.write(markdown)
     print(f"Wrote {args.out}/report.md, report.json and predictions.png")
     return 0 if args.quick or all(met.values()) else 1
+
+
+def _export(args, detector, segmenter, scenes, seg_data):
+    """`--export`: SepViT-Lite's two models as float32 / int8 files, scored."""
+    from keras_sepvit.demos import edge
+
+    folder = os.path.join(args.out, "files")
+    os.makedirs(folder, exist_ok=True)
+    runs = 10 if args.quick else 50
+    calibration = 16 if args.quick else edge.CALIBRATION_IMAGES
+    rows = edge.score_segmenter(segmenter, seg_data, folder, runs, calibration)
+    rows += edge.score_detector(detector, *scenes, folder, runs, calibration)
+    from keras_sepvit.export.profiling import machine_description
+
+    machine = machine_description(("ai-edge-litert", "onnxruntime", "tensorflow"))
+    table, met = edge.format_table(rows), edge.bar_met(rows)
+    print("\n" + table + "\n" + machine)
+    print(
+        f"int8 files within {edge.BAR} of Keras (mIoU, mAP@0.5): "
+        + ("met" if met else "NOT met")
+        + (" (--quick: scores mean nothing)" if args.quick else "")
+    )
+    return {
+        "rows": edge.json_rows(rows),
+        "table": table,
+        "machine": machine,
+        "bar": edge.BAR,
+        "bar_met": met,
+    }
 
 
 if __name__ == "__main__":

@@ -8,11 +8,14 @@ Writes float32 / float16 / dynamic-range / int8 (attention internals float)
 int8 file after quantization-aware fine-tuning
 (int8-qat: `keras_sepvit.export.qat`, --qat-epochs on the digits training split)
 and ONNX files (onnx: float32, onnx-int8: QDQ from ONNX Runtime's static
-quantization; static batch 1), each loaded back and checked, then prints
-and saves (report.md, report.json) a table: file size, max |output
-difference| against Keras, top-1 agreement with Keras, held-out accuracy
-(the digits test split for the digits model) and batch-1 latency (median
-over --runs after warm-up, 1 and 2 threads) in the runtime that serves it.
+quantization; static batch 1; onnx-mobile: target="mobile" for NNAPI /
+CoreML, and its .ort for ONNX Runtime Mobile), each loaded back and checked,
+then prints and saves (report.md, report.json) a table: file size, max
+|output difference| against Keras, top-1 agreement with Keras, held-out
+accuracy (the digits test split for the digits model), batch-1 latency
+(median over --runs after warm-up, 1 and 2 threads) in the runtime that
+serves it, and the accelerators' checkers (NNAPI / CoreML MLProgram
+partitions of the ONNX files, the TFLite GPU delegate's verdict).
 Calibration images for int8/int16x8/onnx-int8 come from the training split through
 the evaluation pipeline.
 """

@@ -1,6 +1,77 @@
 """Quick modes of the benchmark scripts, to keep them working (the full runs are not tests)."""
 
+import platform
+
 import pytest
+
+from keras_sepvit.export.profiling import cpu_description, machine_description
+
+
+def _cpu_model():
+    """The machine's CPU model as the benchmark headers must name it."""
+    return cpu_description().split(" (")[0]
+
+
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9R14 96-Core Processor
+flags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni avx512_bf16 sha_ni
+processor\t: 1
+model name\t: AMD EPYC 9R14 96-Core Processor
+"""
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes asimdhp asimddp sve i8mm bf16 sve2
+CPU implementer\t: 0x41
+CPU part\t: 0xd40
+"""
+
+
+@pytest.mark.parametrize(
+    "text, model, extensions",
+    [
+        (
+            X86_CPUINFO,
+            "AMD EPYC 9R14 96-Core Processor",
+            "avx2 fma avx512f avx512_vnni avx512_bf16",
+        ),
+        (ARM_CPUINFO, "implementer 0x41 part 0xd40", "asimd asimdhp asimddp i8mm bf16 sve sve2"),
+    ],
+)
+def test_cpu_description_reads_model_and_vector_extensions(tmp_path, text, model, extensions):
+    """The header's CPU: x86 model name + flags, ARM implementer/part + Features."""
+    path = tmp_path / "cpuinfo"
+    path.write_text(text)
+    described = cpu_description(str(path))
+    assert model in described and f"; {extensions})" in described, described
+    assert "sha_ni" not in described and "evtstrm" not in described, described
+    missing = cpu_description(str(tmp_path / "absent"))
+    assert "extensions not read" in missing and platform.machine() in missing, missing
+
+
+def _assert_header_names_cpu(out, start):
+    """The table's header line (it begins with `start`) names the machine's CPU."""
+    headers = [line for line in out.splitlines() if line.startswith(start)]
+    assert headers, f"no header line starting {start!r} in: {out[-2000:]}"
+    assert f"CPU: {_cpu_model()} (" in headers[-1], headers[-1]
+
+
+def test_tflite_profile_report_names_the_cpu():
+    """benchmarks/tflite_profile.py prints `profiling.report`: its header names the CPU."""
+    from keras_sepvit.export import profiling
+
+    result = {"path": "m.tflite", "threads": 1, "runs": 3, "clock": "cpu", "ops": [],
+              "delegation": (0, 0, 0), "logged": None, "model_ms": 1.0,
+              "model_ms_before_after": (1.0, 1.0), "ops_ms": 0.0, "overhead_ms": 0.0}  # fmt: skip
+    text = profiling.report(result)
+    _assert_header_names_cpu(text, "CPU: ")
+    assert "ai-edge-litert " in text, text
+
+
+def test_machine_description_names_cpu_date_and_versions():
+    line = machine_description(("numpy", "no-such-distribution"))
+    assert _cpu_model() in line and "cores usable" in line, line
+    assert "numpy " in line and "python " in line and "no-such" not in line, line
 
 
 @pytest.mark.slow
@@ -10,6 +81,7 @@ def test_train_step_quick(load_script, capsys):
     assert all(r[m] > 0 for r in rows for m in ("SepViT-T", "ConvNeXtTiny", "Swin-T"))
     out = capsys.readouterr().out
     assert "SepViT-T / ConvNeXtTiny" in out and "SepViT-T / Swin-T (PyTorch)" in out
+    _assert_header_names_cpu(out, "Train step")
 
 
 @pytest.mark.slow
@@ -27,7 +99,9 @@ def test_edge_latency_quick(load_script, capsys):
     assert 0 < taken <= total and partitions >= 1
     assert set(out["ratios"]) >= {"SepViT-Lite int8 / SepViT-Lite float32",
                                   "SepViT-Lite int8 / MobileNetV2 int8-full"}  # fmt: skip
-    assert "| SepViT-Lite | int8 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| SepViT-Lite | int8 |" in out
+    _assert_header_names_cpu(out, "TFLite (LiteRT")
 
 
 @pytest.mark.slow
@@ -40,13 +114,16 @@ def test_onnx_latency_quick(load_script, capsys):
     out = capsys.readouterr().out
     assert "| PVTv2-b0 | 3.7 |" in out  # the peer has b0's size
     assert "| SepViT-Lite int8 | 1 |" in out and "interleaved" in out
+    _assert_header_names_cpu(out, "ONNX Runtime")
 
 
 def test_inference_throughput_quick(load_script, capsys):
     results = load_script("benchmarks", "inference_throughput").main(["--quick"])
     assert set(results) == {(m, j) for m in ("SepViT-T", "ConvNeXtTiny") for j in (False, True)}
     assert all(rate > 0 for rate in results.values())
-    assert "SepViT-T / ConvNeXt-T" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "SepViT-T / ConvNeXt-T" in out
+    _assert_header_names_cpu(out, "Keras inference throughput")
 
 
 @pytest.mark.slow
@@ -60,7 +137,9 @@ def test_resolution_scaling_quick(load_script, capsys):
     # with pixels, global ones quadratically.
     assert module.attention_gib(448, True) / module.attention_gib(224, True) == 16
     assert module.attention_gib(448, False) / module.attention_gib(224, False) == 4
-    assert "SepViT-T / global" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "SepViT-T / global" in out
+    _assert_header_names_cpu(out, "SepViT-T backbone vs")
 
 
 @pytest.mark.parametrize("mode", ["inference", "train"])

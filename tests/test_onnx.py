@@ -114,12 +114,19 @@ def test_optimize_reports_its_rewrites(tmp_path):
     import onnx
 
     model = keras_sepvit.SepViTLite(input_shape=(64, 64, 3), classes=10)
+    rng = np.random.default_rng(0)
+    for w in model.weights:  # trained-like: no zero bias for TensorFlow to fold away
+        w.assign(w.numpy() + rng.normal(scale=0.05, size=w.shape).astype("float32"))
     raw = export.to_onnx(model, str(tmp_path / "raw.onnx"), batch_size=1, optimize=False)
     proto = onnx.load(raw)
     counts = onnx_graph.optimize(proto)
     assert set(counts) == set(onnx_graph.PASSES)
     assert counts["fuse_layer_norms"] == 39 and counts["gelu_for_fusion"] == 17, counts
     assert counts["split_heads"] > 0 and counts["dense_to_gemm"] > 0, counts
+    # The 8 convolutions' bias Adds (after the NHWC transpose) ride in the Conv.
+    assert counts["conv_bias_into_conv"] == 8, counts
+    convs = [node for node in proto.graph.node if node.op_type == "Conv"]
+    assert len(convs) == 8 and all(len(node.input) == 3 for node in convs), convs
     onnx.checker.check_model(proto)
 
 

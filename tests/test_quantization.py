@@ -16,7 +16,7 @@ import tensorflow as tf
 
 import keras_sepvit
 from keras_sepvit import export
-from keras_sepvit.export import qat
+from keras_sepvit.export import qat, tflite_quantization
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,11 @@ def test_int8_int16x8_and_qat_meet_the_bars_on_digits(digits_model, tmp_path, lo
     assert int8.input["dtype"] == np.float32 and int8.output["dtype"] == np.float32
     tensors = int8.interpreter.get_tensor_details()
     ops = int8.interpreter._get_ops_details()
+    weighted = set(
+        tflite_quantization.activation_weighted_matmuls(by_format["tflite int8"]["file"])
+    )
     products = [op for op in ops if op["op_name"] in ("FULLY_CONNECTED", "BATCH_MATMUL")]
+    products = [op for op in products if tensors[op["outputs"][0]]["name"] not in weighted]
     assert products and all(tensors[op["inputs"][1]]["dtype"] == np.int8 for op in products)
     convolutions = [tensors[op["inputs"][1]]["dtype"] for op in ops if op["op_name"] == "CONV_2D"]
     assert convolutions[1:] == [np.int8] * 3 and convolutions[0] == np.float32  # float stem
@@ -80,6 +84,21 @@ def test_int8_int16x8_and_qat_meet_the_bars_on_digits(digits_model, tmp_path, lo
     assert int16.input["dtype"] == np.float32  # int16x8 files keep float32 I/O
     details = int16.interpreter.get_tensor_details()
     assert any(d["dtype"] == np.int16 for d in details)
+
+
+@pytest.mark.slow
+def test_mobile_onnx_meets_the_bars_on_digits(digits_model, tmp_path, load_script):
+    """Issue 19's bar for target="mobile": one partition on NNAPI and on CoreML
+    MLProgram, top-1 agreement >= 99%, accuracy within 0.5 point; its .ort too."""
+    out = tmp_path / "export"
+    rows = load_script("export", "export_model").main(
+        ["--model", digits_model, "--out", str(out), "--formats", "onnx-mobile", "--runs", "3"]
+    )
+    float_accuracy, mobile = rows[0]["accuracy"], rows[1]
+    assert mobile["accelerators"] == "NNAPI 1; CoreML MLProgram 1", mobile
+    assert mobile["top1_agreement"] >= 0.99 and mobile["max_abs_diff"] <= 1e-4, mobile
+    assert mobile["accuracy"] >= float_accuracy - 0.005, (mobile, float_accuracy)
+    assert (out / "model_mobile.ort").exists()
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """TFLite files as the edge issue defines them: static batch 1 by default, the
 input normalisation folded into the stem (exact against the authors'
 reference), every node in XNNPACK, and an "int8" file whose attention
-matmuls XNNPACK can take (zero point 0 on every BATCH_MATMUL operand)."""
+scores XNNPACK takes in int8 (zero point 0 on both operands) and whose
+probabilities @ values products stay float32 (faster there)."""
 
 import keras
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 import keras_sepvit
 from keras_sepvit import export
-from keras_sepvit.export import inference, profiling
+from keras_sepvit.export import inference, profiling, tflite_quantization
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +57,14 @@ def test_int8_file_for_xnnpack(lite_with_preprocessing, reference_io, tmp_path):
     tensors = runner.interpreter.get_tensor_details()
     ops = runner.interpreter._get_ops_details()
     matmuls = [op for op in ops if op["op_name"] == "BATCH_MATMUL"]
-    assert len(matmuls) == 34
-    for op in matmuls:  # int8 with zero point 0: XNNPACK's condition
-        for index in op["inputs"]:
+    weighted = set(tflite_quantization.activation_weighted_matmuls(path))
+    assert len(matmuls) == 34 and len(weighted) == 17, (len(matmuls), weighted)
+    for op in matmuls:
+        dtypes = [tensors[index]["dtype"] for index in op["inputs"]]
+        if tensors[op["outputs"][0]]["name"] in weighted:  # probabilities @ values: float32
+            assert dtypes == [np.float32] * 2, (tensors[op["outputs"][0]]["name"], dtypes)
+            continue
+        for index in op["inputs"]:  # q k^T: int8 with zero point 0, XNNPACK's condition
             assert tensors[index]["dtype"] == np.int8
             assert not tensors[index]["quantization_parameters"]["zero_points"].any()
     products = [op for op in ops if op["op_name"] in ("FULLY_CONNECTED", "DEPTHWISE_CONV_2D")]

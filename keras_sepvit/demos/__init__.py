@@ -7,6 +7,8 @@
   (`python -m keras_sepvit.demos.detection`).
 - `segmentation`: Semantic FPN on both backbones, mIoU
   (`python -m keras_sepvit.demos.segmentation`).
+- `edge`: a trained segmenter or detector as float32 / int8 TFLite and ONNX
+  files, scored on the held-out scenes in their runtimes (the demos' `--export`).
 
 Needs keras-hub; the input pipelines are tf.data (TensorFlow backend).
 """

@@ -19,7 +19,11 @@ print(result["map50"], result["map"], result["seconds"])
 
 Or both backbones, the table, a picture and `report.json`:
 
-    python -m keras_sepvit.demos.detection --out runs/detection_demo
+    python -m keras_sepvit.demos.detection --out runs/detection_demo [--export]
+
+(`--export`: the first backbone's trained detector as float32 and int8 TFLite /
+ONNX files in `--out/files`, scored on the held-out scenes:
+`keras_sepvit.demos.edge`.)
 """
 
 import time
@@ -232,6 +236,11 @@ def main(argv=None):
     p.add_argument("--test-scenes", type=int, default=500)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--backbones", default=",".join(BACKBONES))
+    p.add_argument(
+        "--export",
+        action="store_true",
+        help="export the first backbone's detector (float32, int8; TFLite, ONNX) and score it",
+    )
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     train = make_digit_scenes(args.train_scenes, **SCENES, split="train", seed=0)
@@ -255,6 +264,13 @@ def main(argv=None):
         )
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(rows, f, indent=2)
+    if args.export:
+        from keras_sepvit.demos import edge
+
+        folder = os.path.join(args.out, "files")
+        os.makedirs(folder, exist_ok=True)
+        detector = next(iter(models.values()))
+        print(edge.format_table(edge.score_detector(detector, train, test, folder)))
     import matplotlib
 
     matplotlib.use("Agg")

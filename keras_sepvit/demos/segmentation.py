@@ -10,7 +10,10 @@ training scene uses (`keras_sepvit.data.digit_scenes`). TensorFlow backend
     rows = segmentation.run(["sepvit_lite", "mit_b0"], steps=600)
     print(segmentation.format_table(rows))
 
-Or `python -m keras_sepvit.demos.segmentation [--steps N] [--out report.json]`.
+Or `python -m keras_sepvit.demos.segmentation [--steps N] [--out report.json]
+[--export DIR]` (`--export`: the first backbone's trained model as float32 and
+int8 TFLite / ONNX files in DIR, scored on the held-out scenes:
+`keras_sepvit.demos.edge`).
 """
 
 import time
@@ -163,12 +166,19 @@ def main(argv=None):
     """`python -m keras_sepvit.demos.segmentation [--steps N] [--out report.json]`"""
     import argparse
     import json
+    import os
 
     parser = argparse.ArgumentParser(description="Semantic FPN: SepViT-Lite vs. MiT-B0")
     parser.add_argument("--steps", type=int, default=800, help="training steps (batch 16)")
     parser.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated")
     parser.add_argument("--seed", type=int, default=0, help="scene and training seed")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument(
+        "--export",
+        metavar="DIR",
+        default=None,
+        help="export the first backbone's model (float32, int8; TFLite, ONNX) here and score it",
+    )
     args = parser.parse_args(argv)
     from keras_sepvit.tf_logging import quiet_tensorflow
 
@@ -182,6 +192,11 @@ def main(argv=None):
             f"  held-out mIoU {rows[-1]['miou']:.3f}, {rows[-1]['train_seconds']:.0f} s", flush=True
         )
     print(format_table(rows))
+    if args.export:
+        from keras_sepvit.demos import edge
+
+        os.makedirs(args.export, exist_ok=True)
+        print(edge.format_table(edge.score_segmenter(rows[0]["model"], data, args.export)))
     if args.out:
         keep = ("backbone", "params", "steps", "train_seconds", "miou")
         report = [

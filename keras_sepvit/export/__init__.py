@@ -29,13 +29,16 @@ The package, one job per module:
 | `inference` | the export-time copy (static batch, exact folds) |
 | `tflite_quantization` | the "int8" (XNNPACK) and "dynamic" TFLite recipes |
 | `onnx_graph` | ONNX graph rewrites for ONNX Runtime |
+| `onnx_mobile` | the `target="mobile"` graph (NNAPI, CoreML) and `to_ort` |
+| `mobile_checks` | the accelerators' checkers: ONNX partitions, TFLite GPU delegate |
 | `qat` | quantization-aware training |
 | `report` | the export report of `export/export_model.py` |
 | `profiling` | per-op time and XNNPACK delegation of a .tflite file |
 """
 
 from keras_sepvit.export.checks import FLOAT_PIXEL_AGREEMENT
-from keras_sepvit.export.onnx import ONNX_QUANTIZATIONS, to_onnx
+from keras_sepvit.export.onnx import ONNX_QUANTIZATIONS, ONNX_TARGETS, to_onnx
+from keras_sepvit.export.onnx_mobile import to_ort
 from keras_sepvit.export.runtimes import ONNXRunner, TFLiteRunner, median_latency_ms, tflite_ops
 from keras_sepvit.export.signatures import keras_outputs
 from keras_sepvit.export.tflite import QUANTIZATIONS, float_attention_tensors, to_tflite
@@ -43,6 +46,7 @@ from keras_sepvit.export.tflite import QUANTIZATIONS, float_attention_tensors, t
 __all__ = [
     "FLOAT_PIXEL_AGREEMENT",
     "ONNX_QUANTIZATIONS",
+    "ONNX_TARGETS",
     "QUANTIZATIONS",
     "ONNXRunner",
     "TFLiteRunner",
@@ -51,5 +55,6 @@ __all__ = [
     "median_latency_ms",
     "tflite_ops",
     "to_onnx",
+    "to_ort",
     "to_tflite",
 ]

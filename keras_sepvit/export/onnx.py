@@ -12,10 +12,13 @@ import os
 
 import numpy as np
 
-from keras_sepvit.export import checks, onnx_graph, signatures
+from keras_sepvit.export import checks, dense_quantization, onnx_graph, signatures
 from keras_sepvit.export.runtimes import ONNXRunner
 
 ONNX_QUANTIZATIONS = (None, "float32", "int8")
+# "cpu": the fastest graph for ONNX Runtime's CPU kernels; "mobile": one
+# partition on NNAPI and CoreML MLProgram (`keras_sepvit.export.onnx_mobile`).
+ONNX_TARGETS = ("cpu", "mobile")
 
 
 def _onnx_function(model, batch_size=None):
@@ -50,6 +53,8 @@ def to_onnx(
     quantization=None,
     representative_data=None,
     optimize=True,
+    target="cpu",
+    min_agreement=0.8,
 ):
     """Converts a Keras model to ONNX with tf2onnx and checks it in ONNX Runtime.
 
@@ -72,7 +77,7 @@ def to_onnx(
             to random images at the model's input size.
         tolerance: max |output difference| allowed in the check; defaults to
             1e-4 for float32; an int8 file is checked to run and give finite
-            outputs (its accuracy is measured by the export report).
+            outputs, and against `min_agreement`.
         batch_size: the file's static batch (e.g. 1: the shape arithmetic
             folds away and every rewrite applies; SepViT-Lite ran 0.93x the
             dynamic-batch file, 1 thread), or None (default) for a dynamic
@@ -84,14 +89,30 @@ def to_onnx(
             (N, H, W, C), a tf.data dataset of `(images, labels)` batches, or
             an iterable of batches. Up to 200 images are used.
         optimize: bool. Apply the ONNX Runtime rewrites. Defaults to True.
+        min_agreement: for "int8", as `to_tflite`'s: the least agreement
+            with Keras on (up to 32 of) the calibration images (top-1 for a
+            classifier, per-pixel argmax for a segmenter, the fraction of
+            Keras' decoded boxes found for a detector; other outputs a
+            relative error of at most 1 - min_agreement / 2). A file below it
+            is an error and never replaces a file at `path`. 0 skips it.
+            Defaults to 0.8.
+        target: "cpu" (default: the graph above, fastest on ONNX Runtime's
+            CPU kernels) or "mobile": for ONNX Runtime Mobile on NNAPI
+            (Android) and CoreML MLProgram (iOS), every op one both run, so
+            ONNX Runtime's mobile checker finds one partition on each
+            (`keras_sepvit.export.onnx_mobile`; checked before the file is
+            written, `keras_sepvit.export.mobile_checks`). Static batch 1
+            (batch_size None or 1), float32 only. `onnx_mobile.to_ort` then
+            writes the `.ort` file ONNX Runtime Mobile loads.
 
     Returns:
         The path of the file, after it was loaded in ONNX Runtime and compared
         with Keras.
 
     Raises:
-        ValueError: before any conversion, for a bad `opset`, `batch_size` or
-            `quantization`, a path that cannot be written, or int8 without
+        ValueError: before any conversion, for a bad `opset`, `batch_size`,
+            `quantization` or `target` (or "mobile" with a batch other than
+            1 or with "int8"), a path that cannot be written, or int8 without
             `representative_data` or with calibration images that are empty,
             non-finite, constant, not at the model's input shape or not in
             the range the model takes (the check `to_tflite` runs,
@@ -117,6 +138,7 @@ def to_onnx(
             "Received: representative_data=None"
         )
     checks.check_batch_size(batch_size)
+    batch_size = _check_target(target, batch_size, quantization)
     path = checks.check_output_path(path, ".onnx")
     signatures.static_input_shape(model)
     images = None
@@ -137,6 +159,10 @@ def to_onnx(
     onnx.checker.check_model(proto)
     if optimize:
         onnx_graph.optimize(proto)
+    if target == "mobile":
+        from keras_sepvit.export import onnx_mobile
+
+        onnx_mobile.for_mobile(proto)
     op_types = {node.op_type for node in proto.graph.node}
     if "Erfc" in op_types:
         raise RuntimeError("the ONNX graph holds Erfc, which ONNX Runtime cannot run")
@@ -149,13 +175,30 @@ def to_onnx(
         if quantization == "int8":
             step = batch_size or len(images)
             batches = [images[i : i + step] for i in range(0, len(images) - step + 1, step)]
-            quantize_int8(tmp, tmp + ".int8", batches, proto.graph.input[0].name)
+            quantize_int8(
+                tmp,
+                tmp + ".int8",
+                batches,
+                proto.graph.input[0].name,
+                op_types=dense_quantization.onnx_op_types(model),
+                float_nodes=(
+                    dense_quantization.onnx_output_tail(tmp)
+                    if dense_quantization.is_dense(model)
+                    else ()
+                ),
+            )
             os.replace(tmp + ".int8", tmp)
+        if target == "mobile":
+            _check_mobile_partitions(tmp)
         x = checks.sample_inputs(model, sample_inputs)
         default = 1e-4 if quantization in (None, "float32") else None
         checks.compare(
             path, ONNXRunner(tmp)(x), signatures.keras_outputs(model, x), model, tolerance, default
         )
+        if images is not None and min_agreement > 0:
+            check = images[:32]
+            got, expected = ONNXRunner(tmp)(check), signatures.keras_outputs(model, check)
+            dense_quantization.agreement_check(path, model, got, expected, min_agreement)
         os.replace(tmp, path)
     finally:
         for leftover in (tmp, tmp + ".int8"):
@@ -164,7 +207,43 @@ def to_onnx(
     return path
 
 
-def quantize_int8(float_path, path, images, input_name):
+def _check_target(target, batch_size, quantization):
+    """Raises ValueError for a bad `target`; returns the file's batch size."""
+    if not isinstance(target, str) or target not in ONNX_TARGETS:
+        raise ValueError(f"`target` must be one of {ONNX_TARGETS}. Received: target={target!r}")
+    if target != "mobile":
+        return batch_size
+    if batch_size not in (None, 1):
+        raise ValueError(
+            "target='mobile' writes a static batch of 1 (NNAPI needs static shapes, and "
+            "phones run one image at a time): give batch_size=1 or None. "
+            f"Received: batch_size={batch_size!r}"
+        )
+    if quantization == "int8":
+        raise ValueError(
+            "target='mobile' writes a float32 file: CoreML MLProgram runs no "
+            "QuantizeLinear/DequantizeLinear (ONNX Runtime's list), so a QDQ file splits "
+            "into many partitions there; NNAPI and CoreML run float files in float16 "
+            "themselves. For integer NPUs ship to_tflite(..., quantization='int8-full'). "
+            "Received: quantization='int8'"
+        )
+    return 1
+
+
+def _check_mobile_partitions(path):
+    """Raises RuntimeError unless ONNX Runtime's mobile checker finds one
+    partition on NNAPI and one on CoreML MLProgram."""
+    from keras_sepvit.export import mobile_checks
+
+    found = mobile_checks.onnx_partitions(path)
+    if any(info["partitions"] != 1 for info in found.values()):
+        raise RuntimeError(
+            "The target='mobile' graph does not run in one partition per accelerator "
+            f"(ONNX Runtime's mobile checker): {found}; nothing was written"
+        )
+
+
+def quantize_int8(float_path, path, images, input_name, op_types=("Gemm",), float_nodes=()):
     """QDQ int8 copy of an optimized float ONNX file (ONNX Runtime's quantizer).
 
     Static quantization calibrated on `images` (min/max): the inputs of every
@@ -178,6 +257,10 @@ def quantize_int8(float_path, path, images, input_name):
     fuse) 1.07x float; convolutions int8 too 0.90x; int8 activations with
     per-channel weights 1.36x; every MatMul (the attention's activation x
     activation products too, as QLinearMatMul) 1.11x.
+
+    `op_types` are the op types made int8 (a dense model adds "Conv":
+    `keras_sepvit.export.dense_quantization.onnx_op_types`), `float_nodes`
+    the names of nodes kept float (a dense model's output tail).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -206,7 +289,8 @@ def quantize_int8(float_path, path, images, input_name):
             path,
             _Reader(),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["Gemm"],
+            op_types_to_quantize=list(op_types),
+            nodes_to_exclude=list(float_nodes),
             per_channel=False,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,

@@ -355,6 +355,52 @@ def channel_affine_after_transpose(model):
     return count
 
 
+def conv_bias_into_conv(model):
+    """`Conv -> Transpose(NCHW -> NHWC) -> Add(bias)` -> `Conv(bias) -> Transpose`.
+
+    tf2onnx writes a Keras convolution's bias as an Add after the transpose
+    back to NHWC: one more pass over the activations per convolution, which
+    ONNX Runtime fuses into the convolution only where the Add is the
+    transpose's single reader. SepViT-Lite's 8 convolutions (patch
+    embeddings, position encodings) carry their bias in the Conv instead
+    (ORT profiler, 1 thread, 224: 52 -> 44 Add kernels, 0.71 -> 0.52 ms).
+    Returns the number of moved biases.
+    """
+    g = _Graph(model)
+    count = 0
+    for add in list(g.graph.node):
+        constant = [i for i in add.input if g.const(i) is not None]
+        if add.op_type != "Add" or len(constant) != 1 or g.const(constant[0]).ndim != 1:
+            continue
+        moved = g.other_input(add, constant[0])
+        transpose = g.producer.get(moved)
+        if (
+            transpose is None
+            or transpose.op_type != "Transpose"
+            or _perm(transpose) != [0, 2, 3, 1]
+        ):
+            continue
+        conv = g.producer.get(transpose.input[0])
+        if conv is None or conv.op_type != "Conv" or add.output[0] in g.outputs:
+            continue
+        weight, bias = g.const(conv.input[1]), g.const(constant[0])
+        old = g.const(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else 0.0
+        if (
+            g.only_consumer(transpose.input[0]) is not transpose
+            or g.only_consumer(moved) is not add
+        ):
+            continue
+        if weight is None or old is None or bias.shape != (weight.shape[0],):
+            continue
+        name = g.add_const((bias + old).astype(bias.dtype), "conv_bias")
+        del conv.input[2:]
+        conv.input.append(name)
+        g.rename_uses(add.output[0], moved)
+        count += 1
+    g.prune()
+    return count
+
+
 def bias_before_reshape(model):
     """`MatMul -> Reshape -> Add(bias)` -> `MatMul -> Add(bias) -> Reshape`.
 
@@ -625,6 +671,7 @@ PASSES = (
     "fuse_layer_norms",
     "gelu_for_fusion",
     "channel_affine_after_transpose",
+    "conv_bias_into_conv",
     "bias_before_reshape",
     "slices_of_concat",
     "split_heads",

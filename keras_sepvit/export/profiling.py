@@ -25,12 +25,19 @@ Only the main subgraph is profiled; an op that fails to run alone (e.g.
 control flow that calls other subgraphs) gets no time and is listed as such.
 Timings on a shared machine move with its load: the whole file is timed
 before and after the ops, and a gap between the two shows it.
+
+`machine_description()` is the line every benchmark's header carries: the
+CPU model and its vector extensions read from the machine, the cores, the
+date and the package versions (the same file runs 20-35% slower on one CPU
+than on another, so a figure without its CPU says little).
 """
 
 import contextlib
 import copy
+import datetime
 import functools
 import os
+import platform
 import re
 import statistics
 import time
@@ -427,6 +434,8 @@ def report(result, top=15):
         f"## {os.path.basename(result['path'])}: {result['threads']} thread(s), "
         f"median of {result['runs']} ({result['clock']} time)",
         "",
+        machine_description(("ai-edge-litert",)),
+        "",
         f"XNNPACK delegation: {taken} / {total} nodes taken, {partitions} partitions",
     ]
     if outside:
@@ -471,3 +480,62 @@ def report(result, top=15):
             f"{'yes' if r['delegated'] else 'no'}{mark} |"
         )
     return "\n".join(lines)
+
+
+# The vector extensions that decide how fast int8 and float kernels run:
+# x86 /proc/cpuinfo "flags", ARM "Features" (dot product, int8 matmul, SVE).
+VECTOR_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+    "amx_int8", "amx_bf16", "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2", "sme",
+)  # fmt: skip
+
+
+def cpu_description(cpuinfo="/proc/cpuinfo"):
+    """'<CPU model> (<arch>; <vector extensions>)', read from the machine.
+
+    The model is /proc/cpuinfo's "model name" (x86) or "Hardware" / "CPU
+    part" (ARM), the extensions those of `VECTOR_FLAGS` in its "flags" /
+    "Features" line. Without /proc/cpuinfo (macOS, Windows) the model is
+    `platform.processor()` and the extensions are "not read".
+    """
+    fields = {}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip().lower(), value.strip())
+    except OSError:
+        return (
+            f"{platform.processor() or 'unknown CPU'} ({platform.machine()}; extensions not read)"
+        )
+    model = next(
+        (fields[k] for k in ("model name", "hardware", "cpu model", "processor") if fields.get(k)),
+        "unknown CPU",
+    )
+    if "cpu part" in fields and "model name" not in fields:
+        model = f"{model}, implementer {fields.get('cpu implementer')} part {fields['cpu part']}"
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    found = [f for f in VECTOR_FLAGS if f in flags]
+    return f"{model} ({platform.machine()}; {' '.join(found) or 'no listed vector extension'})"
+
+
+def machine_description(packages=()):
+    """One line for a benchmark header: CPU, extensions, cores, date, versions.
+
+    Args:
+        packages: distribution names whose installed versions are listed
+            (those not installed are left out); Python's is always given.
+    """
+    from importlib import metadata
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions = [f"python {platform.python_version()}"]
+    for name in packages:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return (
+        f"CPU: {cpu_description()}, {usable} of {os.cpu_count()} cores usable; "
+        f"{datetime.date.today().isoformat()}; {', '.join(versions)}"
+    )

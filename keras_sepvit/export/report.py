@@ -2,8 +2,11 @@
 compared with Keras on held-out images (`export/export_model.py`).
 
 One row per format: file size, max |output difference| against Keras, top-1
-agreement with Keras, held-out accuracy and batch-1 latency (median over
-`runs` after warm-up, 1 and 2 threads) in the runtime that serves the file.
+agreement with Keras, held-out accuracy, batch-1 latency (median over
+`runs` after warm-up, 1 and 2 threads) in the runtime that serves the file,
+and what the accelerators' checkers say of it (`keras_sepvit.export.
+mobile_checks.verdict`: NNAPI / CoreML MLProgram partitions of an ONNX file,
+the GPU delegate's verdict on a TFLite file).
 """
 
 import json
@@ -11,14 +14,18 @@ import os
 
 import numpy as np
 
+from keras_sepvit.export import mobile_checks
 from keras_sepvit.export.onnx import to_onnx
+from keras_sepvit.export.onnx_mobile import to_ort
 from keras_sepvit.export.runtimes import ONNXRunner, TFLiteRunner, median_latency_ms
 from keras_sepvit.export.tflite import to_tflite
 
 # The report's formats: TFLite modes (int8-qat: "int8" of a QAT-fine-tuned
-# copy, `keras_sepvit.export.qat`), then ONNX float32 and int8 QDQ.
+# copy, `keras_sepvit.export.qat`), then ONNX float32 and int8 QDQ, and the
+# ONNX file for NNAPI / CoreML (target="mobile") with its `.ort` copy.
 FORMATS = (
-    "float32", "float16", "dynamic", "int8", "int8-full", "int16x8", "int8-qat", "onnx", "onnx-int8"
+    "float32", "float16", "dynamic", "int8", "int8-full", "int16x8", "int8-qat",
+    "onnx", "onnx-int8", "onnx-mobile",
 )  # fmt: skip
 
 
@@ -31,13 +38,19 @@ def export_format(fmt, model, folder, sample_inputs, calibration, min_agreement,
         folder: the output folder.
         sample_inputs: images the file is compared with Keras on.
         calibration: calibration images (N, H, W, C) for the calibrated formats.
-        min_agreement: `to_tflite`'s least top-1 agreement (0: no check).
+        min_agreement: `to_tflite`'s and `to_onnx`'s least top-1 agreement of
+            an int8 file (0: no check).
         qat_epochs: the fine-tuning epochs of an "int8-qat" model, for its name.
 
     Returns:
         `(name, path, runner)`: the report's name of the format, the file, and
         its runner class (`TFLiteRunner` or `ONNXRunner`).
     """
+    if fmt == "onnx-mobile":  # one partition on NNAPI and CoreML, and the .ort of it
+        path = to_onnx(model, os.path.join(folder, "model_mobile.onnx"),
+                       sample_inputs=sample_inputs, batch_size=1, target="mobile")  # fmt: skip
+        to_ort(path, sample_inputs=sample_inputs)
+        return "onnx mobile, + .ort (ONNX Runtime)", path, ONNXRunner
     if fmt in ("onnx", "onnx-int8"):  # static batch 1, rewritten for ONNX Runtime
         int8 = fmt == "onnx-int8"
         path = to_onnx(
@@ -47,6 +60,7 @@ def export_format(fmt, model, folder, sample_inputs, calibration, min_agreement,
             batch_size=1,
             quantization="int8" if int8 else None,
             representative_data=calibration if int8 else None,
+            min_agreement=min_agreement,
         )
         name = "onnx int8 QDQ (ONNX Runtime)" if int8 else "onnx (ONNX Runtime)"
         return name, path, ONNXRunner
@@ -83,7 +97,8 @@ def report_row(name, path, outputs, run_with_threads, reference, labels, image, 
     Returns:
         A dict: "format", "file", "size_mb", "max_abs_diff",
         "top1_agreement", "accuracy" (None without labels), "latency_ms_1t",
-        "latency_ms_2t".
+        "latency_ms_2t", "accelerators" (`mobile_checks.verdict`; "n/a"
+        without a file).
     """
     return {
         "format": name,
@@ -94,6 +109,7 @@ def report_row(name, path, outputs, run_with_threads, reference, labels, image, 
         "accuracy": None if labels is None else float((outputs.argmax(-1) == labels).mean()),
         "latency_ms_1t": median_latency_ms(run_with_threads(1), image, runs),
         "latency_ms_2t": median_latency_ms(run_with_threads(2), image, runs),
+        "accelerators": "n/a" if path is None else mobile_checks.verdict(path),
     }
 
 
@@ -103,18 +119,18 @@ def report_table(rows, failures, title):
         title,
         "",
         "| format | size (MB) | max abs diff vs Keras | top-1 agreement | accuracy "
-        "| latency 1 thread (ms) | latency 2 threads (ms) |",
-        "|---|---|---|---|---|---|---|",
+        "| latency 1 thread (ms) | latency 2 threads (ms) | accelerators (checkers) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         accuracy = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
         lines.append(
             f"| {r['format']} | {r['size_mb']:.2f} | {r['max_abs_diff']:.2e} | "
             f"{r['top1_agreement']:.4f} | {accuracy} | {r['latency_ms_1t']:.2f} | "
-            f"{r['latency_ms_2t']:.2f} |"
+            f"{r['latency_ms_2t']:.2f} | {r.get('accelerators', 'n/a')} |"
         )
     for fmt, reason in failures.items():
-        lines.append(f"| {fmt} | failed: {reason.splitlines()[0][:200]} | | | | | |")
+        lines.append(f"| {fmt} | failed: {reason.splitlines()[0][:200]} | | | | | | |")
     return "\n".join(lines)
 
 

@@ -31,7 +31,13 @@ import sys
 
 import keras
 
-from keras_sepvit.export import checks, inference, signatures, tflite_quantization
+from keras_sepvit.export import (
+    checks,
+    dense_quantization,
+    inference,
+    signatures,
+    tflite_quantization,
+)
 from keras_sepvit.export.runtimes import TFLiteRunner, tflite_ops
 from keras_sepvit.layers import SeparableSelfAttention
 from keras_sepvit.tf_logging import converter_notices_dropped
@@ -214,10 +220,13 @@ def to_tflite(
         tolerance: max |output difference| allowed in the check; defaults to
             1e-4 for float32 and 1e-2 for float16.
         min_agreement: for calibrated files ("int8", "int8-full", "int16x8"):
-            the least top-1 agreement with Keras on (up to 32 of) the
-            calibration images (for a classifier; other outputs are held to a
-            relative error of 1 - min_agreement / 2). A broken file (bad
-            calibration) is an error, never left at `path`. 0 skips it.
+            the least agreement with Keras on (up to 32 of) the calibration
+            images: top-1 for a classifier, per-pixel argmax for a segmenter,
+            the fraction of Keras' decoded boxes found (IoU >= 0.5, same
+            class) for a detector (`keras_sepvit.export.dense_quantization`);
+            other outputs are held to a relative error of 1 - min_agreement
+            / 2. A broken file (bad calibration) is an error, never left at
+            `path` (a file already there is kept). 0 skips it.
         batch_size: the file's static batch (default 1, what a phone runs),
             or None for a dynamic batch (shape ops that XNNPACK does not
             run; about 10% slower at batch 1).
@@ -278,6 +287,11 @@ def to_tflite(
                         images,
                         head_names=_head_layer_names(model),
                         stem_names=inference.stem_names(source),
+                        float_tensors=(
+                            dense_quantization.output_tail_names(tmp + ".float")
+                            if dense_quantization.is_dense(model)
+                            else ()
+                        ),
                     )
         else:
             _write_bytes(_convert(source, quantization, images, model), tmp)
@@ -304,15 +318,17 @@ def _check_tflite(path, model, quantization, sample_inputs, tolerance, images, m
     )
     if images is not None and min_agreement > 0:
         check = images[:32]
-        checks.agreement_check(
+        dense_quantization.agreement_check(
             path,
+            model,
             TFLiteRunner(path)(check),
             signatures.keras_outputs(model, check),
             min_agreement,
-            segmenter=signatures.is_segmenter(model),
         )
 
 
 def _write_bytes(blob, path):
+    # One-axis TILEs (FPN nearest upsampling) as CONCATENATION, which XNNPACK runs.
+    blob = dense_quantization.replace_tiles(blob)
     with open(path, "wb") as f:
         f.write(blob)

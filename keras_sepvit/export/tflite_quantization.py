@@ -12,9 +12,19 @@ activation ranges, so the recipe below puts every matmul in XNNPACK.
 
 The `"int8"` recipe (chosen by measurement; README "Edge export"):
 - int8, symmetric (zero point 0) per-tensor activations and symmetric
-  per-channel weights: FULLY_CONNECTED, BATCH_MATMUL, CONV_2D,
-  DEPTHWISE_CONV_2D and the data movement between them (TRANSPOSE,
-  RESHAPE, CONCATENATION, PAD, STRIDED_SLICE), all run by XNNPACK;
+  per-channel weights: FULLY_CONNECTED, the attention scores' BATCH_MATMUL
+  (q k^T), CONV_2D, DEPTHWISE_CONV_2D and the data movement between them
+  (TRANSPOSE, RESHAPE, CONCATENATION, PAD, STRIDED_SLICE), all run by
+  XNNPACK;
+- float32: the BATCH_MATMULs that weight an activation by the attention
+  probabilities (probabilities @ v, and the window tokens' weighting of the
+  windows: `activation_weighted_matmuls`). XNNPACK packs their right-hand
+  operand, an activation, at every invoke, and its int8 kernels ran them
+  slower than float32: on SepViT-Lite (1 thread, 224, one-op models, a
+  Sapphire Rapids Xeon) these 17 products took 0.99 ms in int8 and 0.70 ms
+  in float32 (the 64 windows' 64x1x50x32 product 0.157 vs 0.095 ms, the
+  tokens' 1x4x4x1568 0.129 vs 0.030 ms), while the 17 q k^T products took
+  0.54 ms in int8 and 0.72 ms in float32;
 - float32 (XNNPACK float kernels): LayerNorm arithmetic (MEAN, SUB, MUL,
   RSQRT, ADD), GELU, SOFTMAX and the residual ADDs. Their int8 kernels are
   TFLite builtins outside XNNPACK (slower than float), and int8 residual
@@ -35,6 +45,7 @@ activations quantized per inference by XNNPACK's QD8 kernels (see
 import contextlib
 import io
 import os
+import re
 import warnings
 
 import numpy as np
@@ -92,12 +103,35 @@ def _write(quantizer, calibration, out_path):
 
 
 def _regex(names):
-    import re
-
     return "|".join(f"(^|/){re.escape(n)}(_\\d+)?/" for n in names)
 
 
-def quantize_int8_xnnpack(float_path, out_path, images, head_names=(), stem_names=()):
+def _constant(model, tensor):
+    data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+    return data is not None and len(data) > 0
+
+
+def activation_weighted_matmuls(float_path):
+    """Output names of the BATCH_MATMULs of a .tflite file whose operands are
+    both activations and whose right-hand one is not transposed (adj_y off):
+    attention probabilities @ values. The "int8" recipe keeps them float32."""
+    from keras_sepvit.export.profiling import op_type, read_model
+
+    model = read_model(float_path)
+    graph = model.subgraphs[0]
+    names = []
+    for op in graph.operators:
+        if op_type(model, op) != "BATCH_MATMUL" or getattr(op.builtinOptions, "adjY", True):
+            continue
+        operands = [graph.tensors[i] for i in op.inputs]
+        if not any(_constant(model, t) for t in operands):
+            names.append(graph.tensors[op.outputs[0]].name.decode())
+    return names
+
+
+def quantize_int8_xnnpack(
+    float_path, out_path, images, head_names=(), stem_names=(), float_tensors=()
+):
     """The "int8" recipe (module docstring) applied to a float .tflite file.
 
     Args:
@@ -107,22 +141,40 @@ def quantize_int8_xnnpack(float_path, out_path, images, head_names=(), stem_name
             range, fed one at a time.
         head_names: Keras layer names of the classifier head (dynamic-range).
         stem_names: Keras layer names of the stem, kept float32.
+        float_tensors: exact tensor names of ops kept float32 (a dense
+            model's output tail: `keras_sepvit.export.dense_quantization`).
     """
     from ai_edge_quantizer import qtyping, quantizer
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
     op_name = qtyping.TFLOperationName
     q = quantizer.Quantizer(float_path)
     for op in INT8_MATRIX_OPS + INT8_DATA_MOVEMENT_OPS:
         q.update_quantization_recipe(".*", op_name[op], _symmetric_config())
+    weighted = activation_weighted_matmuls(float_path)
+    if weighted:
+        q.update_quantization_recipe(
+            # an op's scope is its output names, each followed by ";"
+            "^(" + "|".join(re.escape(n) for n in weighted) + ");",
+            op_name.BATCH_MATMUL,
+            algorithm_key=AlgorithmName.NO_QUANTIZE,
+        )
     if stem_names:
-        from ai_edge_quantizer.algorithm_manager import AlgorithmName
-
         for op in ("CONCATENATION", "PAD", "CONV_2D"):
             q.update_quantization_recipe(
                 _regex(stem_names), op_name[op], algorithm_key=AlgorithmName.NO_QUANTIZE
             )
     if head_names:
         q.add_dynamic_config(_regex(head_names), op_name.FULLY_CONNECTED, 8)
+    if float_tensors:
+        from keras_sepvit.export.dense_quantization import exact_names_regex
+
+        for op in INT8_MATRIX_OPS + INT8_DATA_MOVEMENT_OPS:
+            q.update_quantization_recipe(
+                exact_names_regex(float_tensors),
+                op_name[op],
+                algorithm_key=AlgorithmName.NO_QUANTIZE,
+            )
     key, input_name = _signature(float_path)
     images = np.asarray(images, "float32")
     with _quiet():  # a progress bar and a debugging-mode warning per call
