@@ -14,9 +14,10 @@ detector (keras-hub's `RetinaNetObjectDetector`) gives its raw head outputs
 `{"bbox_regression": (B, anchors, 4), "cls_logits": (B, anchors, classes)}`
 (named outputs in both files; `TFLiteRunner` and `ONNXRunner` return them as
 a dict), checked by relative error (float files) or by the share of Keras'
-decoded boxes the file finds (int8 files, `dense_quantization`). Anchor decoding and NMS are not in the
-files (keras-hub's decoder is a Python loop over dynamic shapes): run
-`keras_sepvit.tasks.retinanet.decode_detections` on the outputs.
+decoded boxes the file finds (int8 files, `dense_quantization`). Anchor
+decoding and NMS are not in the files (keras-hub's decoder is a Python
+loop over dynamic shapes): run `keras_sepvit.tasks.retinanet.decode_detections`
+on the outputs.
 
 The package, one job per module:
 
@@ -32,7 +33,7 @@ The package, one job per module:
 | `onnx_graph` | ONNX graph rewrites for ONNX Runtime |
 | `onnx_mobile` | the `target="mobile"` graph (NNAPI, CoreML) and `to_ort` |
 | `mobile_checks` | the accelerators' checkers: ONNX partitions, TFLite GPU delegate |
-| `dense_quantization` | int8 rules for detectors and segmenters: float output tail, TILE as CONCATENATION, per-pixel and decoded-box agreement |
+| `dense_quantization` | int8 for detectors and segmenters: rules, box/pixel agreement |
 | `qat` | quantization-aware training |
 | `report` | the export report of `export/export_model.py` |
 | `profiling` | per-op time and XNNPACK delegation of a .tflite file |
