@@ -160,6 +160,14 @@ def draw(path, detector, segmenter, test_scenes, seg_data, count=4):
 def main(argv=None):
     args = parse_args(argv)
     runpy.run_path(TF_LOGGING)["quiet_tensorflow"]()
+    if args.export:  # before the training, not after it
+        from keras_sepvit.demos.edge import missing_export_packages
+
+        if missing_export_packages():
+            raise SystemExit(
+                f"error: --export needs {', '.join(missing_export_packages())}: "
+                "pip install -e '.[hub,export]'"
+            )
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     detection, test_scenes, train_scenes = _detection(args.quick, args.seed)

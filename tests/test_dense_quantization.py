@@ -234,3 +234,19 @@ def test_dense_demo_export_step_quick(tmp_path, load_script, capsys):
     for name in ("deeplabv3plus", "retinanet"):
         _check_int8_tflite(files / f"{name}_int8.tflite")
         _check_qdq_onnx(files / f"{name}_int8.onnx")
+
+
+def test_demo_export_without_the_export_packages_stops_before_training(load_script, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+
+    def without_tf2onnx(name, *args):
+        return None if name == "tf2onnx" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_tf2onnx)
+    script = load_script("examples", "dense_demo")
+    monkeypatch.setattr(script, "_detection", lambda *a: pytest.fail("trained before the check"))
+    expected = r"--export needs tf2onnx: pip install -e '\.\[hub,export\]'"
+    with pytest.raises(SystemExit, match=expected):
+        script.main(["--quick", "--export", "--out", "unused"])

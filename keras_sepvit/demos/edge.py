@@ -30,6 +30,17 @@ SEGMENTERS = {
 }
 
 
+EXPORT_PACKAGES = ("tf2onnx", "onnx", "onnxruntime", "ai_edge_litert", "ai_edge_quantizer")
+
+
+def missing_export_packages():
+    """The packages of the `export` extra that do not import here (checked
+    before a demo trains, so that `--export` does not fail after it)."""
+    import importlib.util
+
+    return [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+
+
 def export_files(model, out, prefix, calibration):
     """Writes the four `FILES` of `model` under `out`; {(runtime, quantization): path}.
 
