@@ -163,10 +163,10 @@ def main(argv=None):
     if args.export:  # before the training, not after it
         from keras_sepvit.demos.edge import missing_export_packages
 
-        if missing_export_packages():
+        missing = missing_export_packages()
+        if missing:
             raise SystemExit(
-                f"error: --export needs {', '.join(missing_export_packages())}: "
-                "pip install -e '.[hub,export]'"
+                f"error: --export needs {', '.join(missing)}: pip install -e '.[hub,export]'"
             )
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()

@@ -139,8 +139,13 @@ def test_optimize_reports_its_rewrites(tmp_path):
         (dict(batch_size=True), "Received: batch_size=True"),
         (dict(opset=True), "Received: opset=True"),
         (dict(opset=21), "Received: opset=21"),
+        (dict(target="gpu"), r"one of \('cpu', 'mobile'\). Received: target='gpu'"),
+        (dict(target=None), "Received: target=None"),
+        (dict(target="mobile", batch_size=2), "Received: batch_size=2"),
+        (dict(target="mobile", quantization="int8", representative_data=np.zeros(1)),
+         "Received: quantization='int8'"),
     ],
-)
+)  # fmt: skip
 def test_bad_onnx_arguments_fail_before_work(kwargs, match, tmp_path):
     model = keras_sepvit.SepViTLite(input_shape=(32, 32, 3), classes=10)
     path = tmp_path / "m.onnx"

@@ -192,12 +192,13 @@ def to_onnx(
             _check_mobile_partitions(tmp)
         x = checks.sample_inputs(model, sample_inputs)
         default = 1e-4 if quantization in (None, "float32") else None
+        runner = ONNXRunner(tmp)  # one session for both checks
         checks.compare(
-            path, ONNXRunner(tmp)(x), signatures.keras_outputs(model, x), model, tolerance, default
+            path, runner(x), signatures.keras_outputs(model, x), model, tolerance, default
         )
         if images is not None and min_agreement > 0:
             check = images[:32]
-            got, expected = ONNXRunner(tmp)(check), signatures.keras_outputs(model, check)
+            got, expected = runner(check), signatures.keras_outputs(model, check)
             dense_quantization.agreement_check(path, model, got, expected, min_agreement)
         os.replace(tmp, path)
     finally:

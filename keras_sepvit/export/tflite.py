@@ -313,15 +313,14 @@ def _check_tflite(path, model, quantization, sample_inputs, tolerance, images, m
         raise RuntimeError(f"{path} needs Flex ops {flex}; the LiteRT interpreter cannot run it")
     x = checks.sample_inputs(model, sample_inputs)
     default = {None: 1e-4, "float16": 1e-2}.get(quantization)
-    checks.compare(
-        path, TFLiteRunner(path)(x), signatures.keras_outputs(model, x), model, tolerance, default
-    )
+    runner = TFLiteRunner(path)  # one interpreter for both checks
+    checks.compare(path, runner(x), signatures.keras_outputs(model, x), model, tolerance, default)
     if images is not None and min_agreement > 0:
         check = images[:32]
         dense_quantization.agreement_check(
             path,
             model,
-            TFLiteRunner(path)(check),
+            runner(check),
             signatures.keras_outputs(model, check),
             min_agreement,
         )
