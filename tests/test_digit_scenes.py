@@ -25,6 +25,20 @@ def test_layouts_and_masks_match_boxes():
         assert not mask[~inside].any()  # no stroke outside a box
 
 
+def test_instance_masks_are_each_digit_in_box_order():
+    scenes = digit_scenes.make_digit_scenes(12, image_size=(64, 80), digit_scale=(2, 3), seed=4)
+    for n, (image_boxes, labels) in enumerate(zip(scenes["boxes"], scenes["labels"])):
+        masks = digit_scenes.instance_masks(scenes, n)
+        assert masks.shape == (len(image_boxes), 64, 80) and masks.dtype == bool
+        assert (masks.sum(axis=0) <= 1).all()  # no pixel in two digits
+        # Together they are the class mask's strokes, each labelled as its box's digit.
+        np.testing.assert_array_equal(masks.any(axis=0), scenes["masks"][n] > 0)
+        for mask, (x0, y0, x1, y1), label in zip(masks, image_boxes.astype(int), labels):
+            rows, cols = np.nonzero(mask)
+            assert (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1) == (x0, y0, x1, y1)
+            assert (scenes["masks"][n][mask] == label + 1).all()
+
+
 def test_seeded_and_held_out_scans_are_disjoint():
     a = digit_scenes.make_digit_scenes(4, seed=1)
     b = digit_scenes.make_digit_scenes(4, seed=1)

@@ -13,6 +13,9 @@ Layouts:
           pixels, exclusive max ("xyxy", keras-hub's bounding box format)
   labels  list of N int32 arrays (k,): the digit, 0..9
   masks   (N, H, W) uint8: 0 background, 1 + digit on the digit's strokes
+  instances (N, H, W) uint8: 0 background, 1 + i on the strokes of the
+          scene's i-th digit (its box `boxes[n][i]`); digits never overlap,
+          so `instance_masks` gives each digit's mask for Mask R-CNN
 """
 
 import numpy as np
@@ -54,7 +57,7 @@ def make_digit_scenes(
         seed: int. Seed of the scene layout.
 
     Returns:
-        dict with "images", "boxes", "labels", "masks".
+        dict with "images", "boxes", "labels", "masks", "instances".
     """
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
@@ -75,6 +78,7 @@ def make_digit_scenes(
     rng = np.random.default_rng(seed)
     images = np.empty((num_scenes, height, width, 3), "uint8")
     masks = np.zeros((num_scenes, height, width), "uint8")
+    instances = np.zeros((num_scenes, height, width), "uint8")
     all_boxes, all_labels = [], []
     for n in range(num_scenes):
         background = rng.uniform(0, 90, size=3)
@@ -101,12 +105,26 @@ def make_digit_scenes(
             region = canvas[y : y + side, x : x + side]
             region[:] = region * (1 - patch[..., None]) + colour * patch[..., None]
             masks[n, y : y + side, x : x + side][strokes] = targets[pick] + 1
+            instances[n, y : y + side, x : x + side][strokes] = len(boxes) + 1
             boxes.append([x + left, y + top, x + right, y + bottom])
             labels.append(targets[pick])
         images[n] = np.clip(canvas, 0, 255).astype("uint8")
         all_boxes.append(np.asarray(boxes, "float32").reshape(-1, 4))
         all_labels.append(np.asarray(labels, "int32"))
-    return {"images": images, "boxes": all_boxes, "labels": all_labels, "masks": masks}
+    return {
+        "images": images,
+        "boxes": all_boxes,
+        "labels": all_labels,
+        "masks": masks,
+        "instances": instances,
+    }
+
+
+def instance_masks(scenes, index):
+    """Scene `index`'s per-digit masks: (k, H, W) bool, in the order of its boxes."""
+    count = len(scenes["boxes"][index])
+    ids = scenes["instances"][index]
+    return ids[None] == np.arange(1, count + 1, dtype=ids.dtype)[:, None, None]
 
 
 def pad_boxes(boxes, labels, max_boxes=None):
