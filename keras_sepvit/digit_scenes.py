@@ -9,6 +9,11 @@ from keras_sepvit.data.digit_scenes import (
     pad_boxes,
 )
 
-__all__ = ["CLASS_NAMES", "NUM_CLASSES", "NUM_MASK_CLASSES",
+__all__ = [
+    "CLASS_NAMES",
+    "NUM_CLASSES",
+    "NUM_MASK_CLASSES",
     "instance_masks",
-    "make_digit_scenes", "pad_boxes"]
+    "make_digit_scenes",
+    "pad_boxes",
+]
