@@ -9,6 +9,12 @@ ids, "image_id" int64, "crowd" (n,) bool:
   keeps the file's `COCO` ground truth and its category ids);
 - the offline digit scenes (`keras_sepvit.data.digit_scenes`, 128x128).
 
+With `masks=True` (Mask R-CNN) examples also hold "masks" (n, H, W) uint8,
+one per box: a folder's polygon or RLE `segmentation`s
+(`keras_sepvit.data.instance_masks`), the digit scenes' strokes; tfds'
+coco/2017 has none and is refused. `train_dataset(..., masks=True)` moves
+them with the image (resize, flip, pad).
+
 Pipelines: images keep their aspect ratio (shorter side `min_side`, longer
 at most `max_side`; digit scenes keep their size), are padded bottom/right
 to one square canvas (`canvas_side`) so every batch has a static shape, and
@@ -28,15 +34,30 @@ import os
 import numpy as np
 
 from keras_sepvit.data.classification import readable_images
-from keras_sepvit.data.digit_scenes import CLASS_NAMES, make_digit_scenes
+from keras_sepvit.data.digit_scenes import CLASS_NAMES, instance_masks, make_digit_scenes
+from keras_sepvit.data.instance_masks import (
+    flip_masks,
+    pad_masks,
+    resize_masks,
+    segmentation_rle,
+    tf_decode_masks,
+)
 from keras_sepvit.data.splits import DataError, Split
 from keras_sepvit.preprocessing import normalize_images
+from keras_sepvit.tasks.coco_mask_eval import instance_ground_truth
 
 ANNOTATIONS = "annotations.json"
 SCENE_SIDE = 128  # digit scenes: 128x128 canvases
 # Pixels a box edge may reach past the image (rounding, 1-based corners); such
 # boxes are clipped to the image, boxes further out refused (`annotation_problem`).
 BOX_TOLERANCE = 2.0
+# tfds' coco/2017 holds boxes, labels and crowd flags per object, no masks.
+MASKLESS_TFDS = (
+    "tfds {name!r} has no instance masks (tfds coco/2017 holds boxes and labels only), so it "
+    "cannot train Mask R-CNN: give the COCO folder instead, --dataset DIR with "
+    "DIR/train/annotations.json and DIR/val/annotations.json (the official "
+    "instances_train2017.json and instances_val2017.json) beside the images, or --digit-scenes"
+)
 REQUIRED_KEYS = {  # per entry of a COCO file's lists
     "images": ("id", "file_name"),
     "annotations": ("id", "image_id"),
@@ -150,16 +171,26 @@ def annotation_problem(annotation, height, width, category_ids):
     return None
 
 
-def _check_annotations(dataset, sizes, path, skip_invalid_annotations):
+def _check_annotations(dataset, sizes, path, skip_invalid_annotations, masks=False):
     """The annotations of the images in `sizes` ({image id: (h, w)}) that pass
-    `annotation_problem`; the others a `DataError` or (skip) a printed count."""
+    `annotation_problem` (and with `masks`, whose `segmentation` decodes), and
+    with `masks` their compressed RLEs (`instance_masks.segmentation_rle`); the
+    others a `DataError` or (skip) a printed count."""
     category_ids = {c["id"] for c in dataset["categories"]}
     names = {i["id"]: i["file_name"] for i in dataset["images"]}
-    valid, invalid = [], []
+    valid, invalid, rles = [], [], []
     for ann in dataset["annotations"]:
         if ann["image_id"] not in sizes:  # an unlisted or skipped image: never read
             continue
         problem = annotation_problem(ann, *sizes[ann["image_id"]], category_ids)
+        if problem is None and masks:
+            if "segmentation" not in ann:
+                problem = "it has no 'segmentation' (Mask R-CNN needs instance masks)"
+            else:
+                try:
+                    rles.append(segmentation_rle(ann["segmentation"], *sizes[ann["image_id"]]))
+                except ValueError as e:
+                    problem = str(e)
         if problem is None:
             valid.append(ann)
         else:
@@ -175,10 +206,10 @@ def _check_annotations(dataset, sizes, path, skip_invalid_annotations):
         )
     if invalid:
         print(f"Skipped {len(invalid)} invalid annotations of {path} (first: {invalid[0]})")
-    return valid
+    return (valid, rles) if masks else valid
 
 
-def _folder_source(root, split, skip_invalid_annotations=False, skip_unreadable=False):
+def _folder_source(root, split, skip_invalid_annotations=False, skip_unreadable=False, masks=False):
     import tensorflow as tf
 
     folder = os.path.join(root, split)
@@ -197,14 +228,21 @@ def _folder_source(root, split, skip_invalid_annotations=False, skip_unreadable=
         files[image_id] = file
     readable = readable_images(list(files.values()), folder, skip_unreadable)
     sizes = {i: readable[f] for i, f in files.items() if f in readable}
-    annotations = _check_annotations(dataset, sizes, path, skip_invalid_annotations)
-    # The ground truth evaluation scores against: what was skipped is not in it.
-    images = [i for i in dataset["images"] if i["id"] in sizes]
+    checked = _check_annotations(dataset, sizes, path, skip_invalid_annotations, masks)
+    annotations, rles = checked if masks else (checked, [])
+    rle_of = {id(a): r for a, r in zip(annotations, rles)}
+    # The ground truth evaluation scores against: what was skipped is not in it. Sizes
+    # are the decoded ones (pycocotools reads polygons at the image's height and width).
+    images = [
+        {**i, "height": sizes[i["id"]][0], "width": sizes[i["id"]][1]}
+        for i in dataset["images"]
+        if i["id"] in sizes
+    ]
     coco = _coco_index({**dataset, "images": images, "annotations": annotations})
     category_ids = sorted(coco.getCatIds())
     index = {c: i for i, c in enumerate(category_ids)}
     names = [coco.cats[c].get("name", str(c)) for c in category_ids]
-    boxes, labels, crowd = [], [], []
+    boxes, labels, crowd, counts = [], [], [], []
     for image_id in sizes:
         anns = coco.imgToAnns.get(image_id, [])
         height, width = sizes[image_id]
@@ -213,40 +251,52 @@ def _folder_source(root, split, skip_invalid_annotations=False, skip_unreadable=
         boxes.append(np.clip(xyxy, 0, [width, height, width, height]))  # within the tolerance
         labels.append(np.asarray([index[a["category_id"]] for a in anns], "int32"))
         crowd.append(np.asarray([bool(a.get("iscrowd", 0)) for a in anns], bool))
+        if masks:
+            counts.append([rle_of[id(a)] for a in anns])
     if not sizes:
         raise DataError(f"{path} lists no readable images")
-    dataset = tf.data.Dataset.from_tensor_slices(
-        {
-            "file": [files[i] for i in sizes],
-            "image_id": np.asarray(list(sizes), "int64"),
-            "boxes": tf.ragged.constant(boxes, ragged_rank=1, inner_shape=(4,), dtype=tf.float32),
-            "labels": tf.ragged.constant(labels, dtype=tf.int32),
-            "crowd": tf.ragged.constant(crowd, dtype=tf.bool),
-        }
-    )
+    columns = {
+        "file": [files[i] for i in sizes],
+        "image_id": np.asarray(list(sizes), "int64"),
+        "boxes": tf.ragged.constant(boxes, ragged_rank=1, inner_shape=(4,), dtype=tf.float32),
+        "labels": tf.ragged.constant(labels, dtype=tf.int32),
+        "crowd": tf.ragged.constant(crowd, dtype=tf.bool),
+    }
+    if masks:  # compressed RLEs, decoded per example (`instance_masks`)
+        columns["rles"] = tf.RaggedTensor.from_row_lengths(
+            tf.constant([c for image in counts for c in image], tf.string),
+            [len(image) for image in counts],
+        )
+    dataset = tf.data.Dataset.from_tensor_slices(columns)
 
     def load(example):
         image = tf.io.decode_image(
             tf.io.read_file(example["file"]), channels=3, expand_animations=False
         )
-        return {
+        loaded = {
             "image": image,
             "boxes": tf.reshape(example["boxes"], (-1, 4)),
             "labels": example["labels"],
             "image_id": example["image_id"],
             "crowd": example["crowd"],
         }
+        if masks:
+            loaded["masks"] = tf_decode_masks(example["rles"], tf.shape(image)[:2])
+        return loaded
 
     return Split(dataset.map(load), len(sizes), names, coco_gt=coco, category_ids=category_ids)
 
 
-def digit_scene_source(split, num_scenes=2048, seed=0):
+def digit_scene_source(split, num_scenes=2048, seed=0, masks=False):
     """Digit scenes (128x128, 1-4 digits of 16-32 pixels) as a detection `Split`.
 
     Args:
         split: "train" or "test" (disjoint scans).
         num_scenes: int. Training scenes; "test" has `max(num_scenes // 8, 64)`.
         seed: int. Layout seed of "train"; "test" uses `seed + 1`.
+        masks: bool. Each digit's strokes as its instance mask: examples get
+            "masks" (n, 128, 128) uint8 in box order, and the split a COCO
+            ground truth with them (`coco_gt`, for `segm` evaluation).
     """
     import tensorflow as tf
 
@@ -261,33 +311,47 @@ def digit_scene_source(split, num_scenes=2048, seed=0):
         split=split,
         seed=seed if split == "train" else seed + 1,
     )
-    dataset = tf.data.Dataset.from_tensor_slices(
-        {
-            "image": scenes["images"],
-            "boxes": tf.ragged.constant(
-                scenes["boxes"], ragged_rank=1, inner_shape=(4,), dtype=tf.float32
-            ),
-            "labels": tf.ragged.constant(scenes["labels"], dtype=tf.int32),
-            "image_id": np.arange(1, count + 1, dtype="int64"),
-        }
-    )
+    columns = {
+        "image": scenes["images"],
+        "boxes": tf.ragged.constant(
+            scenes["boxes"], ragged_rank=1, inner_shape=(4,), dtype=tf.float32
+        ),
+        "labels": tf.ragged.constant(scenes["labels"], dtype=tf.int32),
+        "image_id": np.arange(1, count + 1, dtype="int64"),
+    }
+    if masks:
+        columns["instances"] = scenes["instances"]
+    dataset = tf.data.Dataset.from_tensor_slices(columns)
 
     def densify(example):
         labels = example["labels"]
-        return {
+        densified = {
             "image": example["image"],
             "boxes": tf.reshape(example["boxes"], (-1, 4)),
             "labels": labels,
             "image_id": example["image_id"],
             "crowd": tf.zeros_like(labels, tf.bool),
         }
+        if masks:  # instance i + 1 is the i-th box's digit (`instance_masks`' order)
+            ids = tf.range(1, tf.size(labels) + 1)[:, None, None]  # (n, 1, 1)
+            instances = tf.cast(example["instances"], tf.int32)[None]  # (1, H, W)
+            densified["masks"] = tf.cast(tf.equal(instances, ids), tf.uint8)  # (n, H, W)
+        return densified
 
-    return Split(dataset.map(densify), count, CLASS_NAMES)
+    coco_gt = None
+    if masks:
+        coco_gt = instance_ground_truth(
+            [instance_masks(scenes, n) for n in range(count)],
+            scenes["labels"],
+            categories=range(len(CLASS_NAMES)),
+        )
+    return Split(dataset.map(densify), count, CLASS_NAMES, coco_gt=coco_gt)
 
 
 def load_source(
-    dataset, split, data_dir=None, skip_invalid_annotations=False, skip_unreadable=False
-):
+    dataset, split, data_dir=None, skip_invalid_annotations=False, skip_unreadable=False,
+    masks=False,
+):  # fmt: skip
     """A detection `Split` from a COCO-JSON folder or a tfds name.
 
     A folder is checked whole before any training: every image is decoded
@@ -303,11 +367,17 @@ def load_source(
         data_dir: tfds data directory.
         skip_invalid_annotations: bool. Folders: skip invalid annotations.
         skip_unreadable: bool. Folders: skip images that do not decode.
+        masks: bool. Instance masks too (Mask R-CNN): every annotation's
+            `segmentation` (polygons or RLE) is checked when loaded (one
+            without is invalid) and examples get "masks" (n, H, W) uint8.
+            tfds' coco/2017 has no masks: refused (`MASKLESS_TFDS`).
     """
     if os.path.isdir(dataset):
-        return _folder_source(dataset, split, skip_invalid_annotations, skip_unreadable)
+        return _folder_source(dataset, split, skip_invalid_annotations, skip_unreadable, masks)
     if dataset.startswith((".", "/", "~")) or os.path.isabs(dataset):
         raise DataError(f"--dataset {dataset} is not a folder")
+    if masks:
+        raise DataError(MASKLESS_TFDS.format(name=dataset))
     return _tfds_source(dataset, split, data_dir)
 
 
@@ -351,8 +421,10 @@ def train_dataset(
     flip=True,
     seed=0,
     initial_step=0,
+    masks=False,
 ):
-    """Batches `(images (B, side, side, 3), {"boxes" (B, M, 4), "labels" (B, M)})`.
+    """Batches `(images (B, side, side, 3), {"boxes" (B, M, 4), "labels" (B, M)})`,
+    with `masks` also `"masks" (B, M, side, side)` uint8.
 
     A function of the seed and the step only: shuffled with a fixed seed (the
     same order every run), augmented with randomness drawn from (seed,
@@ -371,6 +443,9 @@ def train_dataset(
         flip: bool. Random horizontal flips.
         seed: int. Data order and augmentation.
         initial_step: int. Batches to skip (a resumed run's first step).
+        masks: bool. The source's instance masks, resized (nearest), flipped
+            and padded with their image (Mask R-CNN's targets). They take
+            B x M x side^2 bytes a batch: lower `max_boxes` if that is too much.
     """
     import tensorflow as tf
 
@@ -383,11 +458,15 @@ def train_dataset(
         keep = tf.logical_not(example["crowd"])
         boxes = tf.boolean_mask(example["boxes"], keep)[:max_boxes]
         labels = tf.boolean_mask(example["labels"], keep)[:max_boxes]
+        if masks:
+            instances = tf.boolean_mask(example["masks"], keep)[:max_boxes]  # (n, H, W)
         image = tf.cast(example["image"], tf.float32)
         draw = tf.random.stateless_uniform([2], seed=[seed, position])
         if resize_images:
             short = low + tf.cast(tf.floor(draw[0] * (high - low + 1)), tf.int32)
             image, boxes, _ = resize(image, boxes, tf.minimum(short, high), max_side)
+            if masks:
+                instances = resize_masks(instances, tf.shape(image)[:2])
         if flip and draw[1] < 0.5:
             width = tf.cast(tf.shape(image)[1], tf.float32)
             image = tf.reverse(image, axis=[1])
@@ -396,13 +475,21 @@ def train_dataset(
             )
         image = normalize_images(pad_to_square(image, side))
         image = tf.ensure_shape(image, (side, side, 3))
-        return image, {"boxes": boxes, "labels": labels}
+        if not masks:
+            return image, {"boxes": boxes, "labels": labels}
+        if flip:  # as the image above
+            instances = tf.cond(draw[1] < 0.5, lambda: flip_masks(instances), lambda: instances)
+        return image, {"boxes": boxes, "labels": labels, "masks": pad_masks(instances, side)}
 
     data = data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    shapes = {"boxes": (max_boxes, 4), "labels": (max_boxes,)}
+    padding = {"boxes": 0.0, "labels": -1}
+    if masks:
+        shapes["masks"], padding["masks"] = (max_boxes, side, side), tf.constant(0, tf.uint8)
     data = data.padded_batch(
         batch_size,
-        padded_shapes=((side, side, 3), {"boxes": (max_boxes, 4), "labels": (max_boxes,)}),
-        padding_values=(0.0, {"boxes": 0.0, "labels": -1}),
+        padded_shapes=((side, side, 3), shapes),
+        padding_values=(0.0, padding),
         drop_remainder=True,
     )
     return data.prefetch(tf.data.AUTOTUNE)

@@ -29,9 +29,16 @@ metrics["segm"]["map"]  # 1.0
 import contextlib
 import io
 
+import keras
 import numpy as np
 
-from keras_sepvit.tasks.coco_eval import STAT_NAMES, _image_ids, _index, _pycocotools
+from keras_sepvit.tasks.coco_eval import (
+    STAT_NAMES,
+    _image_ids,
+    _index,
+    _pycocotools,
+    subset_ground_truth,
+)
 
 IOU_TYPES = ("bbox", "segm")
 
@@ -225,3 +232,76 @@ def evaluate_instances(gt_masks, gt_labels, predictions, image_ids=None, categor
     coco_gt = instance_ground_truth(gt_masks, gt_labels, image_ids, categories=categories)
     results = instance_results(predictions, image_ids)
     return coco_evaluate_instances(coco_gt, results, verbose=verbose)
+
+
+def evaluate_instance_source(model, source, examples, batch_size=8, verbose=False):
+    """COCO `bbox` and `segm` metrics of a Mask R-CNN on a detection split with masks.
+
+    Args:
+        model: a `keras_sepvit.tasks.mask_rcnn.MaskRCNN` (run through
+            `detect_instances`).
+        source: the `keras_sepvit.data.Split` the examples come from, loaded
+            with `masks=True`: its `coco_gt` holds the instance masks (a
+            COCO-JSON folder's, or the digit scenes'), `category_ids` maps
+            labels to the file's category ids.
+        examples: `keras_sepvit.data.detection.eval_dataset(source, ...)`.
+        batch_size: int. Images per model call. Defaults to 8.
+        verbose: bool. Print pycocotools' summary tables.
+
+    Returns:
+        `{"bbox": {...}, "segm": {...}}` of `STAT_NAMES`; boxes and masks are
+        scored at the original image size (`instance_results`' `scales`).
+    """
+    from keras_sepvit.tasks.mask_rcnn import detect_instances
+
+    if source.coco_gt is None:
+        raise ValueError(
+            "`source` has no instance-mask ground truth (coco_gt): load it with masks=True"
+        )
+    padding = {
+        "image": 0.0, "scale": 0.0, "image_id": np.int64(0), "size": 0,
+        "boxes": 0.0, "labels": -1, "crowd": False,
+    }  # fmt: skip
+    results, ids = [], []
+    for batch in examples.padded_batch(batch_size, padding_values=padding).as_numpy_iterator():
+        found = detect_instances(model, batch["image"], batch_size=batch_size)
+        image_ids = [int(i) for i in batch["image_id"]]
+        results += instance_results(
+            found, image_ids, source.category_ids, batch["scale"], batch["size"]
+        )
+        ids += image_ids
+    return coco_evaluate_instances(subset_ground_truth(source.coco_gt, ids), results,
+                                   verbose=verbose)  # fmt: skip
+
+
+class InstanceCOCOEvaluation(keras.callbacks.Callback):
+    """Adds val_map, val_map50 (boxes) and val_mask_map, val_mask_map50 (masks) to the
+    epoch's logs (pycocotools `bbox` and `segm`), before checkpoints.
+
+    Put it before the checkpoint callback that monitors "val_mask_map".
+
+    Args:
+        source: the validation `keras_sepvit.data.Split` (loaded with masks).
+        examples: its `keras_sepvit.data.detection.eval_dataset`.
+        batch_size: int. Images per model call. Defaults to 8.
+        split_name: str. The split's name in the printed line.
+    """
+
+    def __init__(self, source, examples, batch_size=8, split_name="validation"):
+        super().__init__()
+        self.source = source
+        self.examples = examples
+        self.batch_size = batch_size
+        self.split_name = split_name
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = evaluate_instance_source(self.model, self.source, self.examples, self.batch_size)
+        boxes, masks = metrics["bbox"], metrics["segm"]
+        if logs is not None:
+            logs["val_map"], logs["val_map50"] = boxes["map"], boxes["map50"]
+            logs["val_mask_map"], logs["val_mask_map50"] = masks["map"], masks["map50"]
+        print(
+            f"Epoch {epoch + 1}: COCO box mAP {boxes['map']:.4f} (@0.5 {boxes['map50']:.4f}), "
+            f"mask mAP {masks['map']:.4f} (@0.5 {masks['map50']:.4f}) on {self.split_name!r}",
+            flush=True,
+        )
