@@ -107,23 +107,5 @@ def runpy_module():
     return runpy.run_path(TF_LOGGING)
 
 
-@pytest.mark.slow
-def test_main_job_prints_only_its_own_lines(tmp_path):
-    """The README's main job's first script, one short epoch, in its own process."""
-    proc = _run(
-        ["examples/digits_demo.py", "--out", str(tmp_path / "digits"), "--epochs", "1",
-         "--warmup-epochs", "0"],
-    )  # fmt: skip
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-3000:]
-    # Its second script: the formats whose conversion or runtime printed foreign
-    # lines (int8-full, QAT, ONNX int8), briefly.
-    export = _run(
-        ["export/export_model.py", "--model", str(tmp_path / "digits" / "model.keras"),
-         "--out", str(tmp_path / "export"), "--formats", "int8,int8-full,int8-qat,onnx-int8",
-         "--qat-epochs", "1", "--runs", "2", "--calibration", "32"],
-    )  # fmt: skip
-    assert export.returncode == 0, (export.stdout + export.stderr)[-3000:]
-    output += export.stdout + export.stderr
-    foreign = [line for line in output.splitlines() if any(d in line for d in DENY)]
-    assert not foreign, f"lines of other programs in the main job's output: {foreign[:5]}"
+# The README main job's output is checked on the run that tests/test_quantization.py
+# makes anyway (test_main_job_prints_only_its_own_lines there).

@@ -1,6 +1,7 @@
-"""Digit-scenes segmentation demo: Semantic FPN on SepViT-Lite vs. keras-hub's MiT-B0.
+"""Digit-scenes segmentation demo: Semantic FPN and UperNet on SepViT-Lite vs. keras-hub's MiT-B0.
 
-Both backbones are randomly initialised and get the same head, data,
+Both backbones are randomly initialised and get the same head (Semantic FPN
+or UperNet, `HEADS`), data,
 optimiser and number of steps; the score is `keras.metrics.MeanIoU` (11
 classes: background + 10 digits) on held-out scenes, made from scans that no
 training scene uses (`keras_sepvit.data.digit_scenes`). TensorFlow backend
@@ -27,12 +28,19 @@ from keras_sepvit.demos.backbones import build_backbone
 from keras_sepvit.preprocessing import normalize_images
 from keras_sepvit.tasks.segmentation_losses import mean_iou, segmentation_loss
 from keras_sepvit.tasks.semantic_fpn import SemanticFPNSegmenter
+from keras_sepvit.tasks.upernet import UperNetSegmenter
 from keras_sepvit.training.schedules import poly_schedule
 
 BACKBONES = ("sepvit_lite", "mit_b0")
-# The demo's head: the paper's Semantic FPN at a quarter of the width (256 /
-# 128 channels cost most of a CPU step at this image size); the same for both.
+# The demo's heads, the same for both backbones: the paper's Semantic FPN at a
+# quarter of its width (256 / 128 channels cost most of a CPU step at this
+# image size), and UperNet (PPM 1, 2, 3, 6; auxiliary FCN head on stage 3,
+# loss weight 0.4) at an eighth of its 512 channels.
 HEAD = dict(fpn_channels=64, head_channels=64, groups=16)
+HEADS = {
+    "semantic_fpn": HEAD,
+    "upernet": dict(channels=64, auxiliary_channels=32, auxiliary_loss_weight=0.4),
+}
 
 
 # The demo's scenes: 64x64 canvases with 1-3 digits of 24-32 pixels (strokes
@@ -86,23 +94,27 @@ def train_and_evaluate(
     weight_decay=1e-4,
     seed=0,
     verbose=0,
+    head="semantic_fpn",
 ):
-    """Trains Semantic FPN on `backbone` (a name of `BACKBONES`) and scores it.
+    """Trains a segmenter (`head`: a key of `HEADS`) on `backbone` (a name of `BACKBONES`).
 
     AdamW with linear warm-up (5% of the steps) and poly(0.9) decay, as the
     paper's Semantic FPN recipe but at a higher learning rate for the short,
-    from-scratch run. Returns a dict: backbone, params, steps, train_seconds,
-    miou, per_class_iou, model.
+    from-scratch run; both heads get the same. Returns a dict: backbone,
+    head, params, steps, train_seconds, miou, per_class_iou, model.
     """
     import tensorflow as tf
 
+    if head not in HEADS:
+        raise ValueError(f"`head` must be one of {sorted(HEADS)}. Received: head={head!r}")
     keras.utils.set_random_seed(seed)
     images, masks = data["train"]
     image_size = images.shape[1]
-    model = SemanticFPNSegmenter(
+    segmenter = SemanticFPNSegmenter if head == "semantic_fpn" else UperNetSegmenter
+    model = segmenter(
         build_backbone(backbone, image_size, drop_path_rate=0.1),
         num_classes=digit_scenes.NUM_MASK_CLASSES,
-        **HEAD,
+        **HEADS[head],
         compile=False,
     )
     model.compile(
@@ -127,12 +139,14 @@ def train_and_evaluate(
         dataset,
         epochs=epochs,
         steps_per_epoch=max(1, steps // epochs),
+        shuffle=False,  # the tf.data pipeline shuffles
         verbose=verbose,
     )
     train_seconds = time.perf_counter() - start
     miou, per_class = evaluate(model, *data["test"])
     return {
         "backbone": backbone,
+        "head": head,
         "params": int(model.backbone.count_params()),
         "steps": max(1, steps // epochs) * epochs,
         "train_seconds": train_seconds,
@@ -172,6 +186,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=800, help="training steps (batch 16)")
     parser.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated")
     parser.add_argument("--seed", type=int, default=0, help="scene and training seed")
+    parser.add_argument("--head", default="semantic_fpn", choices=sorted(HEADS), help="the head")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     parser.add_argument(
         "--export",
@@ -186,8 +201,10 @@ def main(argv=None):
     rows = []
     data = make_data(seed=args.seed)
     for name in args.backbones.split(","):
-        print(f"Semantic FPN on {name}: {args.steps} steps ...", flush=True)
-        rows.append(train_and_evaluate(name, data, steps=args.steps, seed=args.seed))
+        print(f"{args.head} on {name}: {args.steps} steps ...", flush=True)
+        rows.append(
+            train_and_evaluate(name, data, steps=args.steps, seed=args.seed, head=args.head)
+        )
         print(
             f"  held-out mIoU {rows[-1]['miou']:.3f}, {rows[-1]['train_seconds']:.0f} s", flush=True
         )

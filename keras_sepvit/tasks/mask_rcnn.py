@@ -443,8 +443,10 @@ class MaskRCNN(keras.Model):
         mask_logits = self.mask_head(mask_features)  # (B, K, 28, 28, classes)
         channel = ops.clip(classes, 0, self.num_classes - 1)[..., None, None, None]
         probabilities = ops.sigmoid(ops.take_along_axis(mask_logits, channel, axis=-1)[..., 0])
-        masks = paste_masks(probabilities, boxes, image_size, self.mask_threshold)
-        masks = masks * ops.cast(kept, "uint8")[..., None, None]
+        pasted = paste_masks(probabilities, boxes, image_size, threshold=None)  # (B, K, H, W)
+        # thresholded and masked as booleans: TFLite has no uint8 MUL or SELECT kernel
+        inside = ops.logical_and(pasted >= self.mask_threshold, kept[..., None, None])
+        masks = ops.cast(inside, "uint8")
         missing = self.max_detections - boxes.shape[1]
         if missing > 0:  # fewer candidates than max_detections: pad to a fixed K
             boxes = ops.pad(boxes, [[0, 0], [0, missing], [0, 0]])

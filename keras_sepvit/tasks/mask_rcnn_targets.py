@@ -253,8 +253,10 @@ def greedy_nms(boxes, scores, max_output, iou_threshold):
         return ops.logical_and(step < count, ops.any(remaining > 0.0))
 
     def body(step, remaining, index, valid):
-        best = ops.cast(ops.argmax(remaining, axis=1), "int32")  # (B,)
-        score = ops.max(remaining, axis=1)
+        # top_k, not argmax: the same first best index, and TensorFlow's argmax
+        # brings a BitwiseAnd (its -0.0 fix) that TFLite has no builtin for
+        score, best = ops.top_k(remaining, 1)  # (B, 1) each
+        score, best = score[:, 0], ops.cast(best[:, 0], "int32")  # (B,)
         box = ops.take_along_axis(boxes, best[:, None, None], axis=1)[:, 0]  # (B, 4)
         suppressed = ops.logical_or(
             _iou_one(box, boxes) > iou_threshold, ops.equal(positions, best[:, None])
