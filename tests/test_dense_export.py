@@ -1,5 +1,8 @@
 """Export of dense-prediction models: segmenters and a RetinaNet detector to TFLite and ONNX.
 
+Segmenters: Semantic FPN, DeepLabV3+, UperNet. (Mask R-CNN's complete files:
+`test_mask_rcnn_export.py`.)
+
 The files are run in their runtimes (LiteRT, ONNX Runtime) and compared with
 Keras: per-pixel argmax agreement and relative error for segmenters, relative
 error of the raw head outputs for the detector.
@@ -18,6 +21,7 @@ from keras_sepvit.export import checks  # noqa: E402
 from keras_sepvit.hub import SepViTBackbone  # noqa: E402
 from keras_sepvit.tasks.deeplab import deeplabv3_segmenter  # noqa: E402
 from keras_sepvit.tasks.semantic_fpn import SemanticFPNSegmenter  # noqa: E402
+from keras_sepvit.tasks.upernet import UperNetSegmenter  # noqa: E402
 
 SHAPE = (64, 64, 3)
 
@@ -35,6 +39,13 @@ def semantic_fpn():
 def deeplab():
     keras.utils.set_random_seed(0)
     return deeplabv3_segmenter(SepViTBackbone(**TINY, image_shape=SHAPE), 5)
+
+
+def upernet():
+    # the PPM pools the 2x2 P5 map to 1, 2, 3, 6 bins: constant matrices at a static size
+    keras.utils.set_random_seed(0)
+    backbone = SepViTBackbone(**TINY, image_shape=SHAPE)
+    return UperNetSegmenter(backbone, 5, channels=16, auxiliary_channels=8)
 
 
 def retinanet(num_classes=3):
@@ -84,10 +95,14 @@ def test_semantic_fpn_to_onnx_agrees(segmenter, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
-def test_deeplabv3_exports_and_agrees(fmt, tmp_path):
-    model = deeplab()
+@pytest.mark.parametrize("make", [deeplab, upernet], ids=["deeplabv3", "upernet"])
+def test_segmenter_exports_and_agrees(make, fmt, tmp_path):
+    # Inference graphs only: UperNet's auxiliary head is not in the files.
+    model = make()
     if fmt == "tflite":
-        runner = export.TFLiteRunner(export.to_tflite(model, tmp_path / "d.tflite"))
+        path = export.to_tflite(model, tmp_path / "d.tflite")
+        assert not [op for op in export.tflite_ops(path) if op.startswith("Flex")]
+        runner = export.TFLiteRunner(path)
     else:
         runner = export.ONNXRunner(export.to_onnx(model, tmp_path / "d.onnx"))
     x = _images(2, seed=2)

@@ -1,6 +1,6 @@
 """int8 TFLite and ONNX QDQ files of detectors and segmenters (issue 19, part 3).
 
-Semantic FPN, DeepLabV3+ and RetinaNet on the tiny SepViT backbone: builtin
+Semantic FPN, DeepLabV3+, UperNet and RetinaNet on the tiny SepViT backbone: builtin
 ops only, every TFLite node in XNNPACK (FPN upsampling's TILE written as
 CONCATENATION), the output tail float, agreement with Keras checked by the
 exporters (per-pixel for segmenters, decoded boxes for detectors), a file
@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("keras_hub")
 
-from test_dense_export import SHAPE, retinanet, semantic_fpn  # noqa: E402
+from test_dense_export import SHAPE, retinanet, semantic_fpn, upernet  # noqa: E402
 
 from keras_sepvit import export  # noqa: E402
 from keras_sepvit.export import dense_quantization, profiling  # noqa: E402
@@ -140,27 +140,31 @@ def _check_qdq_onnx(path):
             assert all(producer.get(i) != "DequantizeLinear" for i in node.input), node.name
 
 
-@pytest.mark.slow
-def test_semantic_fpn_int8_files_and_a_refused_file_keeps_the_good_one(tmp_path):
-    model, calibration = semantic_fpn(), _calibration()
+def _int8_segmenter_files(model, calibration, folder, name):
+    """The segmenter's int8 TFLite and QDQ ONNX files, checked as the exporters promise."""
     tflite = export.to_tflite(
-        model, tmp_path / "fpn.tflite", quantization="int8", representative_data=calibration
+        model, folder / f"{name}.tflite", quantization="int8", representative_data=calibration
     )
     _check_int8_tflite(tflite)
     onnx_path = export.to_onnx(
         model,
-        tmp_path / "fpn.onnx",
+        folder / f"{name}.onnx",
         quantization="int8",
         representative_data=calibration,
         batch_size=1,
     )
     _check_qdq_onnx(onnx_path)
     expected = model.predict(calibration, verbose=0)
-    for got in (
-        export.TFLiteRunner(tflite)(calibration),
-        export.ONNXRunner(onnx_path)(calibration),
-    ):
+    for runner in (export.TFLiteRunner(tflite), export.ONNXRunner(onnx_path)):
+        got = runner(calibration)
         assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.9  # what the exporters checked
+    return tflite, onnx_path
+
+
+@pytest.mark.slow
+def test_semantic_fpn_int8_files_and_a_refused_file_keeps_the_good_one(tmp_path):
+    model, calibration = semantic_fpn(), _calibration()
+    tflite, onnx_path = _int8_segmenter_files(model, calibration, tmp_path, "fpn")
     # A file below the floor is refused; the good file at the path stays, nothing is left over.
     kept = {tflite: _digest(tflite), onnx_path: _digest(onnx_path)}
     with pytest.raises(RuntimeError, match="min_agreement=1.01"):
@@ -178,6 +182,13 @@ def test_semantic_fpn_int8_files_and_a_refused_file_keeps_the_good_one(tmp_path)
         )
     assert {p: _digest(p) for p in kept} == kept
     assert sorted(os.listdir(tmp_path)) == ["fpn.onnx", "fpn.tflite"]
+
+
+@pytest.mark.slow
+def test_upernet_int8_files_run_in_xnnpack_and_agree_per_pixel(tmp_path):
+    # The PPM's adaptive pooling and resize are constant matrices at the export
+    # size (BATCH_MATMUL / FULLY_CONNECTED): every node in XNNPACK, int8 too.
+    _int8_segmenter_files(upernet(), _calibration(), tmp_path, "upernet")
 
 
 @pytest.mark.slow

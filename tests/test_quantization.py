@@ -48,7 +48,20 @@ def main_job(tmp_path_factory):
     assert export_run.returncode == 0, (export_run.stdout + export_run.stderr)[-3000:]
     rows = json.loads((out / "export" / "report.json").read_text())["rows"]
     output = demo.stdout + demo.stderr + export_run.stdout + export_run.stderr
-    return {"model": model, "rows": rows, "output": output}
+    return {"model": model, "rows": rows, "output": output, "folder": out / "digits"}
+
+
+@pytest.mark.slow
+def test_main_job_learns_and_writes_its_files(main_job):
+    """The README main job: loss falls, held-out accuracy far above chance (the
+    fixture asks > 0.95), and its files are written."""
+    import csv
+
+    with open(main_job["folder"] / "checkpoints" / "log.csv") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    assert len(losses) >= 10 and losses[-1] < losses[0] * 0.5, losses
+    for name in ("model.keras", "learning_curve.png", "report.json", "report.md"):
+        assert (main_job["folder"] / name).stat().st_size > 0, name
 
 
 @pytest.fixture(scope="module")

@@ -231,16 +231,5 @@ def test_checkpoint_write_failure_keeps_previous(tmp_path, monkeypatch):
     assert sorted(os.listdir(directory)) == ["checkpoint", "log.csv"]  # no temporary left
 
 
-@pytest.mark.slow
-def test_digits_demo_short_run_learns(tmp_path, load_script):
-    """A few epochs of the README's main job: loss falls, accuracy far above chance."""
-    report = load_script("examples", "digits_demo").main(
-        ["--epochs", "4", "--out", str(tmp_path / "digits")]
-    )
-    rows = _read_log(str(tmp_path / "digits" / "checkpoints" / "log.csv"))
-    losses = [float(r["loss"]) for r in rows]
-    assert losses[-1] < losses[0] * 0.8
-    assert report["held-out test accuracy"] > 0.5  # chance is 0.1
-    for key in ("model file", "learning curve"):
-        assert os.path.exists(report[key])
-    assert os.path.exists(tmp_path / "digits" / "report.md")
+# The README main job's learning (loss falls, held-out accuracy, its files):
+# tests/test_quantization.py::test_main_job_learns_and_writes_its_files, on its full run.

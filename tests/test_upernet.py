@@ -1,4 +1,7 @@
-"""UperNet: shapes, PPM pooling against PyTorch's rule, the auxiliary loss, export."""
+"""UperNet: shapes, PPM pooling against PyTorch's rule, the auxiliary loss.
+
+Its TFLite and ONNX files: test_dense_export.py, test_dense_quantization.py.
+"""
 
 import json
 import os
@@ -307,28 +310,6 @@ def test_short_fit_lowers_the_loss_on_digit_scenes():
     after = float(model.loss(masks, model(images)))
     assert after < 0.8 * before, (before, after)
     assert time.perf_counter() - start < 60
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
-def test_upernet_exports_and_agrees(fmt, tmp_path):
-    # Inference graphs only: the auxiliary head is not in the files.
-    from keras_sepvit import export
-
-    model = tiny_segmenter(image_shape=(64, 64, 3))
-    if fmt == "tflite":
-        path = export.to_tflite(model, tmp_path / "upernet.tflite")
-        found = export.tflite_ops(path)
-        assert not [op for op in found if op.startswith("Flex")], found
-        runner = export.TFLiteRunner(path)
-    else:
-        runner = export.ONNXRunner(export.to_onnx(model, tmp_path / "upernet.onnx"))
-    x = np.random.default_rng(1).uniform(-2, 2, (2, 64, 64, 3)).astype("float32")
-    expected = model.predict(x, verbose=0)
-    got = runner(x)
-    assert got.shape == expected.shape == (2, 64, 64, 5)
-    assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.99
-    assert np.linalg.norm(got - expected) <= 1e-4 * np.linalg.norm(expected)
 
 
 _OTHER_BACKEND = """

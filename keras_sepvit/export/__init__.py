@@ -17,7 +17,10 @@ a dict), checked by relative error (float files) or by the share of Keras'
 decoded boxes the file finds (int8 files, `dense_quantization`). Anchor
 decoding and NMS are not in the files (keras-hub's decoder is a Python
 loop over dynamic shapes): run `keras_sepvit.tasks.retinanet.decode_detections`
-on the outputs.
+on the outputs. A Mask R-CNN (`keras_sepvit.tasks.mask_rcnn`) exports whole
+(float32): the file computes everything `predict` does and gives its dict
+(`boxes`, `classes`, `scores`, `num_detections`, `masks`), checked against
+the eager model's detections (`keras_sepvit.export.mask_rcnn`).
 
 The package, one job per module:
 
@@ -34,6 +37,7 @@ The package, one job per module:
 | `onnx_mobile` | the `target="mobile"` graph (NNAPI, CoreML) and `to_ort` |
 | `mobile_checks` | the accelerators' checkers: ONNX partitions, TFLite GPU delegate |
 | `dense_quantization` | int8 for detectors and segmenters: rules, box/pixel agreement |
+| `mask_rcnn` | Mask R-CNN's complete file: the traced copy, refusals, detection agreement |
 | `qat` | quantization-aware training |
 | `report` | the export report of `export/export_model.py` |
 | `profiling` | per-op time and XNNPACK delegation of a .tflite file |

@@ -184,26 +184,32 @@ def _iou(a, b):
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def match_boxes(reference, found, iou_threshold=0.5):
-    """How many `reference` boxes (one image's decoded dict slice: boxes,
-    labels, confidence, in confidence order) a box of `found` matches, one to
-    one (greedy, best IoU first), at IoU >= `iou_threshold` with the same class."""
+def matched_pairs(reference, found, iou_threshold=0.5):
+    """The (reference index, found index) pairs of `reference` boxes (one
+    image's boxes and labels, best first) that a box of `found` matches, one
+    to one (greedy, best IoU first), at IoU >= `iou_threshold` with the same
+    class."""
     boxes, labels = reference
     other_boxes, other_labels = found
     if not len(boxes) or not len(other_boxes):
-        return 0
+        return []
     iou = _iou(boxes, other_boxes)
     iou[labels[:, None] != other_labels[None, :]] = 0.0
-    taken, matched = set(), 0
-    for row in iou:
+    taken, pairs = set(), []
+    for i, row in enumerate(iou):
         for j in np.argsort(-row):
             if row[j] < iou_threshold:
                 break
             if j not in taken:
                 taken.add(j)
-                matched += 1
+                pairs.append((i, int(j)))
                 break
-    return matched
+    return pairs
+
+
+def match_boxes(reference, found, iou_threshold=0.5):
+    """How many `reference` boxes a box of `found` matches (`matched_pairs`)."""
+    return len(matched_pairs(reference, found, iou_threshold))
 
 
 def box_agreement(got, expected, image_shape, settings, iou_threshold=0.5):

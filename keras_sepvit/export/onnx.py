@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from keras_sepvit.export import checks, dense_quantization, onnx_graph, signatures
+from keras_sepvit.export import checks, dense_quantization, mask_rcnn, onnx_graph, signatures
 from keras_sepvit.export.runtimes import ONNXRunner
 
 ONNX_QUANTIZATIONS = (None, "float32", "int8")
@@ -68,7 +68,11 @@ def to_onnx(
     float32.
 
     Args:
-        model: a Keras model with a static input size (TensorFlow backend).
+        model: a Keras model with a static input size (TensorFlow backend),
+            or a Mask R-CNN (`keras_sepvit.tasks.mask_rcnn`): its whole
+            predict graph, float32, dynamic batch, target "cpu" only, checked
+            by its detections (`keras_sepvit.export.mask_rcnn`; `tolerance`
+            does not apply).
         path: output `.onnx` path.
         opset: int in [13, 18] (18: the newest tf2onnx 1.17 writes). ONNX
             `LayerNormalization` needs >= 17 (below, LayerNorm stays
@@ -138,21 +142,26 @@ def to_onnx(
             "Received: representative_data=None"
         )
     checks.check_batch_size(batch_size)
+    instance = mask_rcnn.is_mask_rcnn(model)  # its whole predict graph, float32
+    if instance:
+        mask_rcnn.check_arguments(quantization, batch_size, (None,), target)
     batch_size = _check_target(target, batch_size, quantization)
     path = checks.check_output_path(path, ".onnx")
-    signatures.static_input_shape(model)
+    if not instance:
+        signatures.static_input_shape(model)
     images = None
     if quantization == "int8":  # the check to_tflite runs: shape and range against the model
         images = checks.calibration_images(representative_data, model)
     import onnx
     import tf2onnx
 
-    spec, optimizers = _onnx_function(model, batch_size)
-    source = (
-        model
-        if signatures.output_keys(model) is None
-        else signatures.named_outputs(model, batch_size)
-    )
+    if instance:
+        source = mask_rcnn.export_model(model)
+    elif signatures.output_keys(model) is None:
+        source = model
+    else:
+        source = signatures.named_outputs(model, batch_size)
+    spec, optimizers = _onnx_function(source, batch_size)
     proto, _ = tf2onnx.convert.from_keras(
         source, input_signature=spec, opset=opset, optimizers=optimizers
     )
@@ -190,12 +199,14 @@ def to_onnx(
             os.replace(tmp + ".int8", tmp)
         if target == "mobile":
             _check_mobile_partitions(tmp)
-        x = checks.sample_inputs(model, sample_inputs)
-        default = 1e-4 if quantization in (None, "float32") else None
         runner = ONNXRunner(tmp)  # one session for both checks
-        checks.compare(
-            path, runner(x), signatures.keras_outputs(model, x), model, tolerance, default
-        )
+        if instance:
+            mask_rcnn.check_file(path, runner, model, sample_inputs)
+        else:
+            x = checks.sample_inputs(model, sample_inputs)
+            default = 1e-4 if quantization in (None, "float32") else None
+            got, expected = runner(x), signatures.keras_outputs(model, x)
+            checks.compare(path, got, expected, model, tolerance, default)
         if images is not None and min_agreement > 0:
             check = images[:32]
             got, expected = runner(check), signatures.keras_outputs(model, check)

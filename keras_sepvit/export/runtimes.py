@@ -91,7 +91,7 @@ class TFLiteRunner:
         for detail in self.outputs:
             y = self.interpreter.get_tensor(detail["index"])
             scale, zero = detail["quantization"]
-            if detail["dtype"] != np.float32:
+            if detail["dtype"] != np.float32 and scale:  # scale 0: not quantized (int outputs)
                 y = (y.astype("float32") - zero) * scale
             outputs.append(y)
         return outputs

@@ -35,6 +35,7 @@ from keras_sepvit.export import (
     checks,
     dense_quantization,
     inference,
+    mask_rcnn,
     signatures,
     tflite_quantization,
 )
@@ -201,7 +202,10 @@ def to_tflite(
     """Converts a Keras model to a builtin-ops-only .tflite file and checks it.
 
     Args:
-        model: a Keras model with a static input shape (TensorFlow backend).
+        model: a Keras model with a static input shape (TensorFlow backend),
+            or a Mask R-CNN (`keras_sepvit.tasks.mask_rcnn`): its whole
+            predict graph, float32 only, checked by its detections
+            (`keras_sepvit.export.mask_rcnn`; `tolerance` does not apply).
         path: output `.tflite` path.
         quantization: None or "float32", "float16", "dynamic", "int8",
             "int8-full" or "int16x8"; the module docstring's table says
@@ -249,6 +253,8 @@ def to_tflite(
         )
     if quantization == "float32":
         quantization = None
+    if mask_rcnn.is_mask_rcnn(model):  # its whole predict graph, float32
+        mask_rcnn.check_arguments(quantization, batch_size, (1, None))
     if quantization in _CALIBRATED and representative_data is None:
         raise ValueError(
             f"quantization={quantization!r} calibrates activation ranges and needs "
@@ -256,18 +262,10 @@ def to_tflite(
         )
     checks.check_batch_size(batch_size)
     path = checks.check_output_path(path, ".tflite")
-    signatures.static_input_shape(model)
-    if quantization == "int16x8":
-        _check_int16_layer_norms(model)
-    images = None
-    if quantization in _CALIBRATED:
-        images = checks.calibration_images(representative_data, model)
-    # keras-hub models (tasks, backbones) are not cloned: a clone of some
-    # tasks orders its weights differently (DeepLabV3ImageSegmenter), so they
-    # go unfolded (the folds are exact rewrites, not needed for correctness).
-    source = inference.inference_model(model, batch_size, fold=not signatures.is_keras_hub(model))
-    if signatures.output_keys(model) is not None:  # named outputs in the file
-        source = signatures.named_outputs(source, batch_size)
+    if mask_rcnn.is_mask_rcnn(model):
+        source, images = mask_rcnn.export_model(model), None
+    else:
+        source, images = _source(model, quantization, representative_data, batch_size)
     qat_model = inference.has_fake_quantization(model)
     # Written and checked under a temporary name: a file that fails its
     # check never sits at `path`.
@@ -304,6 +302,24 @@ def to_tflite(
     return path
 
 
+def _source(model, quantization, representative_data, batch_size):
+    """The model to convert (`inference.inference_model`) and the checked
+    calibration images (None unless calibrated)."""
+    signatures.static_input_shape(model)
+    if quantization == "int16x8":
+        _check_int16_layer_norms(model)
+    images = None
+    if quantization in _CALIBRATED:
+        images = checks.calibration_images(representative_data, model)
+    # keras-hub models (tasks, backbones) are not cloned: a clone of some
+    # tasks orders its weights differently (DeepLabV3ImageSegmenter), so they
+    # go unfolded (the folds are exact rewrites, not needed for correctness).
+    source = inference.inference_model(model, batch_size, fold=not signatures.is_keras_hub(model))
+    if signatures.output_keys(model) is not None:  # named outputs in the file
+        source = signatures.named_outputs(source, batch_size)
+    return source, images
+
+
 def _check_tflite(path, model, quantization, sample_inputs, tolerance, images, min_agreement):
     """Runs the file and compares it with Keras; raises RuntimeError if it is wrong."""
     if quantization in _CALIBRATED:
@@ -311,6 +327,9 @@ def _check_tflite(path, model, quantization, sample_inputs, tolerance, images, m
     flex = sorted(op for op in tflite_ops(path) if op.startswith("Flex"))
     if flex:
         raise RuntimeError(f"{path} needs Flex ops {flex}; the LiteRT interpreter cannot run it")
+    if mask_rcnn.is_mask_rcnn(model):
+        mask_rcnn.check_file(path, TFLiteRunner(path), model, sample_inputs)
+        return
     x = checks.sample_inputs(model, sample_inputs)
     default = {None: 1e-4, "float16": 1e-2}.get(quantization)
     runner = TFLiteRunner(path)  # one interpreter for both checks

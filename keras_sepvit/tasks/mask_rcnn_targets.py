@@ -19,9 +19,11 @@ validity masks instead of per-image lists):
 - `propose`: RPN proposals (`RPNHead._bbox_post_process`: top-k per level,
   decode, NMS per level at 0.7, the best `post_nms_topk` overall).
 - `non_max_suppression`: greedy NMS (torchvision's `nms`) with a static
-  output size: keras-hub's tiled version for a static batch size, a
-  `keras.ops.while_loop` otherwise; `batched_nms`: within classes or
-  levels by mmcv's coordinate offsets.
+  output size, in a `keras.ops.while_loop` (`greedy_nms`); `batched_nms`:
+  within classes or levels by mmcv's coordinate offsets. keras-hub's tiled
+  NMS is not used: traced in a TensorFlow graph (`predict`, `fit`) it kept
+  other boxes than it did eagerly (22 to 34 of 40 detections in common on a
+  test model; the loop agrees on all 40).
 - losses: sigmoid / softmax cross-entropy and L1 averaged as mmdet does
   (over the sampled boxes of the whole batch).
 """
@@ -31,13 +33,6 @@ import math
 from keras import ops
 
 from keras_sepvit.tasks.roi_align import roi_align
-
-try:  # keras-hub's port of TensorFlow's non_max_suppression_padded (every backend)
-    from keras_hub.src.layers.modeling.non_max_supression import (
-        non_max_suppression as tiled_non_max_suppression,
-    )
-except ImportError:  # pragma: no cover - another keras-hub layout: the loop does it
-    tiled_non_max_suppression = None
 
 STRIDES = (4, 8, 16, 32, 64)
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -200,14 +195,11 @@ def _iou_one(box, boxes):
 def non_max_suppression(boxes, scores, max_output, iou_threshold):
     """Greedy NMS (torchvision's `nms`), batched, with a static output size.
 
-    With a static batch size this is keras-hub's tiled `non_max_suppression`
-    (TensorFlow's `non_max_suppression_padded`: 512x512 IoU tiles, far fewer
-    loop steps on accelerators); with a dynamic one (a TensorFlow graph traced
-    for any batch size) `greedy_nms`. Both keep the same boxes.
+    `greedy_nms`, the same in eager and traced code on every backend (see
+    the module docstring for why not keras-hub's tiled version).
 
     Args:
-        boxes: (B, N, 4) xyxy, coordinates > 0 (keras-hub's version reads an
-            all-zero box as padding; `batched_nms` offsets them).
+        boxes: (B, N, 4) xyxy.
         scores: (B, N); boxes with scores <= 0 are never kept.
         max_output: int.
         iou_threshold: float.
@@ -216,18 +208,11 @@ def non_max_suppression(boxes, scores, max_output, iou_threshold):
         index: (B, K) int32 into N, best first, K = min(max_output, N);
         valid: (B, K) bool.
     """
-    boxes = ops.stop_gradient(ops.cast(boxes, "float32"))
-    scores = ops.stop_gradient(ops.cast(scores, "float32"))
-    count = min(int(max_output), boxes.shape[1])
-    if boxes.shape[0] is None or tiled_non_max_suppression is None:
-        return greedy_nms(boxes, scores, max_output, iou_threshold)
-    index, found = tiled_non_max_suppression(boxes, scores, count, iou_threshold, 0.0)
-    valid = ops.arange(count, dtype="int32")[None, :] < ops.cast(found, "int32")[:, None]
-    return ops.cast(index, "int32"), valid
+    return greedy_nms(boxes, scores, max_output, iou_threshold)
 
 
 def greedy_nms(boxes, scores, max_output, iou_threshold):
-    """Greedy NMS in a `keras.ops.while_loop`, any batch size (see `non_max_suppression`).
+    """Greedy NMS in a `keras.ops.while_loop`, any batch size.
 
     Each step keeps the best remaining box of every image and removes the
     boxes overlapping it by more than `iou_threshold`; it stops after
