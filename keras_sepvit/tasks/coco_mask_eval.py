@@ -29,11 +29,11 @@ metrics["segm"]["map"]  # 1.0
 import contextlib
 import io
 
-import keras
 import numpy as np
 
 from keras_sepvit.tasks.coco_eval import (
     STAT_NAMES,
+    COCOEvaluation,
     _image_ids,
     _index,
     _pycocotools,
@@ -274,7 +274,7 @@ def evaluate_instance_source(model, source, examples, batch_size=8, verbose=Fals
                                    verbose=verbose)  # fmt: skip
 
 
-class InstanceCOCOEvaluation(keras.callbacks.Callback):
+class InstanceCOCOEvaluation(COCOEvaluation):
     """Adds val_map, val_map50 (boxes) and val_mask_map, val_mask_map50 (masks) to the
     epoch's logs (pycocotools `bbox` and `segm`), before checkpoints.
 
@@ -286,13 +286,6 @@ class InstanceCOCOEvaluation(keras.callbacks.Callback):
         batch_size: int. Images per model call. Defaults to 8.
         split_name: str. The split's name in the printed line.
     """
-
-    def __init__(self, source, examples, batch_size=8, split_name="validation"):
-        super().__init__()
-        self.source = source
-        self.examples = examples
-        self.batch_size = batch_size
-        self.split_name = split_name
 
     def on_epoch_end(self, epoch, logs=None):
         metrics = evaluate_instance_source(self.model, self.source, self.examples, self.batch_size)
