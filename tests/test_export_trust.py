@@ -311,7 +311,12 @@ def _assert_one_line_exit_1(code, lines, stderr, names):
 
 @pytest.fixture(scope="module")
 def tflite_file(model, tmp_path_factory):
-    return export.to_tflite(model, str(tmp_path_factory.mktemp("lite") / "m.tflite"))
+    # These tests check run_tflite.py's errors, not the numbers. The model's
+    # noise-perturbed weights give activations far larger than a trained
+    # model's; on one CI machine its float32 TFLite probabilities differed from
+    # Keras' by 1.09e-04, just over the default bar of 1e-4.
+    path = str(tmp_path_factory.mktemp("lite") / "m.tflite")
+    return export.to_tflite(model, path, tolerance=1e-3)
 
 
 @pytest.fixture

@@ -282,18 +282,25 @@ def test_poly_schedule_warmup_then_decay_and_round_trip():
 
 
 @pytest.mark.slow
-def test_segmentation_demo_short_run(monkeypatch):
+@pytest.mark.parametrize("head", ["semantic_fpn", "upernet"])
+def test_segmentation_demo_short_run(monkeypatch, head):
     from keras_sepvit.demos import segmentation as segmentation_demo
+    from keras_sepvit.tasks.upernet import UperNetSegmenter
 
     monkeypatch.setattr(
         segmentation_demo,
         "build_backbone",
         lambda name, size, drop_path_rate=0.0: tiny_backbone((size, size, 3)),
     )
-    monkeypatch.setattr(segmentation_demo, "HEAD", HEAD)
+    tiny_heads = {"semantic_fpn": HEAD, "upernet": dict(channels=16, auxiliary_channels=8)}
+    monkeypatch.setattr(segmentation_demo, "HEADS", tiny_heads)
     data = segmentation_demo.make_data(num_train=16, num_test=4, image_size=32)
     assert data["train"][0].shape == (16, 32, 32, 3) and data["test"][1].shape == (4, 32, 32)
-    row = segmentation_demo.train_and_evaluate("sepvit_lite", data, steps=10, batch_size=4)
+    row = segmentation_demo.train_and_evaluate(
+        "sepvit_lite", data, steps=10, batch_size=4, head=head
+    )
+    model_type = SemanticFPNSegmenter if head == "semantic_fpn" else UperNetSegmenter
+    assert isinstance(row["model"], model_type) and row["head"] == head
     assert row["steps"] == 10 and 0.0 <= row["miou"] <= 1.0
     assert row["per_class_iou"].shape == (11,)
     assert "| sepvit_lite |" in segmentation_demo.format_table([row])
