@@ -1,9 +1,8 @@
-"""The dense-prediction demo (examples/dense_demo.py) runs end to end and reports."""
+"""examples/dense_demo.py: its orchestration, table, floors, report and picture."""
 
 import json
 
 import pytest
-
 
 # Scores the stand-ins report, SepViT-Lite first: under every floor, so that
 # --quick's exit code and "NOT met" line are checked too.
