@@ -11,7 +11,6 @@ import tensorflow as tf
 import keras_sepvit
 from keras_sepvit import data, training
 
-
 TINY = dict(
     depths=(1, 1, 1, 1),
     channels=(16, 32, 32, 64),
@@ -179,9 +178,7 @@ def _run(directory, epochs, resume=False, extra_callbacks=()):
     keras.utils.set_random_seed(0)
     # SepViT-Lite's layers at one block per stage: tracing a train step costs
     # time per variable (AdamW's slots), and these tests are about the recipe.
-    model = keras_sepvit.SepViT(
-        **TINY, input_shape=(32, 32, 3), classes=3, name="sepvit_tiny_test"
-    )
+    model = keras_sepvit.SepViT(**TINY, input_shape=(32, 32, 3), classes=3, name="sepvit_tiny_test")
     x = np.random.default_rng(1).uniform(0, 255, (24, 32, 32, 3)).astype("float32")
     y = np.eye(3, dtype="float32")[np.arange(24) % 3]
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(6)  # 4 steps, fixed order
