@@ -65,13 +65,21 @@ def test_schedule_warmup_then_cosine_and_linear_scaling():
 
 
 def test_mix_batch_keeps_label_mass():
+    # Seeded: the draws no longer depend on what ran before in the process.
+    # A CutMix box can legitimately be empty (lam near 1: a side under 2 px,
+    # about 0.4% of draws at 32x32), which left one unseeded CI run unmixed;
+    # so each mode must mix in one of three draws, and every draw keeps the mass.
+    tf.random.set_seed(0)
     images = tf.random.uniform((8, 32, 32, 3), 0, 255)
     labels = tf.one_hot(tf.range(8) % 4, 4)
     for mixup, cutmix in ((0.8, 0.0), (0.0, 1.0), (0.8, 1.0)):
-        mixed, soft = data.mix_batch(images, labels, mixup, cutmix)
-        assert mixed.shape == images.shape
-        np.testing.assert_allclose(tf.reduce_sum(soft, -1).numpy(), 1.0, rtol=1e-5)
-        assert np.any(soft.numpy() % 1 != 0) or not np.allclose(mixed, images)
+        mixed_any = False
+        for _ in range(3):
+            mixed, soft = data.mix_batch(images, labels, mixup, cutmix)
+            assert mixed.shape == images.shape
+            np.testing.assert_allclose(tf.reduce_sum(soft, -1).numpy(), 1.0, rtol=1e-5)
+            mixed_any |= bool(np.any(soft.numpy() % 1 != 0) or not np.allclose(mixed, images))
+        assert mixed_any, (mixup, cutmix)
 
 
 def test_imagenet_without_archives_names_them(tmp_path):
