@@ -17,12 +17,12 @@ SCORES = {
 def _untrained_models():
     """The demo's four model types, tiny and untrained, for the picture."""
     from test_mask_rcnn import tiny_mask_rcnn
-    from test_segmentation import HEAD, TINY, tiny_segmenter
+    from test_segmentation import TINY, tiny_segmenter
+    from test_upernet import tiny_segmenter as tiny_upernet
 
     from keras_sepvit.data.digit_scenes import NUM_CLASSES, NUM_MASK_CLASSES
     from keras_sepvit.hub import SepViTBackbone
     from keras_sepvit.tasks.retinanet import sepvit_retinanet
-    from keras_sepvit.tasks.upernet import UperNetSegmenter
 
     shape = (64, 64, 3)
     return {
@@ -30,11 +30,8 @@ def _untrained_models():
             SepViTBackbone(**TINY, image_shape=shape), NUM_CLASSES, head_conv_layers=1, seed=0
         ),
         "mask_rcnn": tiny_mask_rcnn(shape, NUM_CLASSES),
-        "semantic_fpn": tiny_segmenter(NUM_MASK_CLASSES, shape, **HEAD),
-        "upernet": UperNetSegmenter(
-            SepViTBackbone(**TINY, image_shape=shape), NUM_MASK_CLASSES, channels=16,
-            auxiliary_channels=8,
-        ),
+        "semantic_fpn": tiny_segmenter(NUM_MASK_CLASSES, shape),
+        "upernet": tiny_upernet(NUM_MASK_CLASSES, shape),
     }  # fmt: skip
 
 

@@ -284,6 +284,8 @@ def test_poly_schedule_warmup_then_decay_and_round_trip():
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["semantic_fpn", "upernet"])
 def test_segmentation_demo_short_run(monkeypatch, head):
+    from test_upernet import HEAD as UPERNET_HEAD
+
     from keras_sepvit.demos import segmentation as segmentation_demo
     from keras_sepvit.tasks.upernet import UperNetSegmenter
 
@@ -292,7 +294,7 @@ def test_segmentation_demo_short_run(monkeypatch, head):
         "build_backbone",
         lambda name, size, drop_path_rate=0.0: tiny_backbone((size, size, 3)),
     )
-    tiny_heads = {"semantic_fpn": HEAD, "upernet": dict(channels=16, auxiliary_channels=8)}
+    tiny_heads = {"semantic_fpn": HEAD, "upernet": UPERNET_HEAD}
     monkeypatch.setattr(segmentation_demo, "HEADS", tiny_heads)
     data = segmentation_demo.make_data(num_train=16, num_test=4, image_size=32)
     assert data["train"][0].shape == (16, 32, 32, 3) and data["test"][1].shape == (4, 32, 32)
