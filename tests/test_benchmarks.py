@@ -1,6 +1,7 @@
 """Quick modes of the benchmark scripts, to keep them working (the full runs are not tests)."""
 
 import platform
+import time
 
 import pytest
 
@@ -84,11 +85,34 @@ def test_train_step_quick(load_script, capsys):
     _assert_header_names_cpu(out, "Train step")
 
 
-@pytest.mark.slow
-def test_edge_latency_quick(load_script, capsys):
+def test_edge_latency_orders(load_script):
     module = load_script("benchmarks", "edge_latency")
+    calls = []
+    runners = {key: (lambda key=key: calls.append(key)) for key in "ab"}
+    for order, expected in (("interleaved", "ab" * 3), ("back-to-back", "aaabbb")):
+        calls.clear()
+        times = module.ORDERS[order](runners, runs=3, warmup=0)
+        assert "".join(calls) == expected and set(times) == {"a", "b"}, (order, calls)
+
+
+@pytest.mark.slow
+def test_edge_latency_quick(load_script, capsys, monkeypatch):
+    from keras_sepvit.export import TFLiteRunner
+
+    module = load_script("benchmarks", "edge_latency")
+    # Only the interpreter's invoke is timed: the Python-side input conversion
+    # (numpy quantization for an int8-input peer) is not. A runner call made
+    # 50 ms slower must not show in the figures.
+    call = TFLiteRunner.__call__
+
+    def slow_call(self, images):
+        time.sleep(0.05)
+        return call(self, images)
+
+    monkeypatch.setattr(TFLiteRunner, "__call__", slow_call)
     out = module.main(["--quick"])
     results = out["latency_ms"]
+    assert max(results.values()) < 50, results
     expected = {("SepViT-Lite", m) for m in module.SEPVIT_MODES}
     expected |= {("MobileNetV2", m) for m in module.PEER_MODES}
     assert {(k[0], k[1]) for k in results} == expected
