@@ -34,6 +34,16 @@ LONGEST_FIRST = (
 )
 
 
+# XLA_FLAGS for the tests' child processes on JAX. They spend most of their
+# time in XLA compiling (each op, for a model run eagerly; each train step, for
+# a short fit on a tiny model). LLVM optimisation level 0 compiles about 35%
+# faster (the hub backbone's bfloat16 + float32 eager calls: 43 -> 28 s; the
+# two-process JAX training test: 109 -> 81 s) and the tests' tolerances hold.
+# The README's commands, run by the tests as a user runs them, keep the
+# defaults (TensorFlow reads XLA_FLAGS too).
+FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
 def pytest_configure(config):
     if hasattr(config.option, "loadscopereorder"):  # pytest-xdist >= 3.6
         # xdist's own reordering (most tests first) would undo LONGEST_FIRST

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE_XLA_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "examples", "train_imagenet.py")
@@ -43,7 +44,7 @@ def _free_ports(n):
 def _env(backend="tensorflow", devices=1, **extra):
     env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("TF_CONFIG", None)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_XLA_FLAGS}"
     env.update(extra)
     return env
 

@@ -12,6 +12,7 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE_XLA_FLAGS
 from keras_hub.src.tests.test_case import TestCase
 
 import keras_sepvit
@@ -352,6 +353,7 @@ def test_other_backends(backend, selection, reference_dir):
         "KERAS_BACKEND": backend,
         "KERAS_SEPVIT_REFERENCE": reference_dir,
         "KERAS_SEPVIT_REQUIRE_REFERENCE": "1",
+        **({"XLA_FLAGS": FAST_COMPILE_XLA_FLAGS} if backend == "jax" else {}),
     }
     selection = f"({selection}) and " if selection else ""
     result = subprocess.run(
