@@ -75,16 +75,7 @@ def time_interleaved(runners, runs, warmup=5):
 def time_back_to_back(runners, runs, warmup=5):
     """Median ms per runner (a no-argument callable); each runner's rounds
     run one after the other (its caches stay warm)."""
-    times = {}
-    for key, run in runners.items():
-        for _ in range(warmup):
-            run()
-        times[key] = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            run()
-            times[key].append(time.perf_counter() - start)
-    return {key: 1000.0 * float(np.median(t)) for key, t in times.items()}
+    return {key: time_interleaved({key: run}, runs, warmup)[key] for key, run in runners.items()}
 
 
 ORDERS = {"interleaved": time_interleaved, "back-to-back": time_back_to_back}

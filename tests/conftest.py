@@ -44,6 +44,16 @@ LONGEST_FIRST = (
 FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
+def backend_env(backend, **extra):
+    """The environment of a test's child process on `backend`: os.environ with
+    KERAS_BACKEND, FAST_COMPILE_XLA_FLAGS on JAX, then `extra`."""
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    if backend == "jax":
+        env["XLA_FLAGS"] = FAST_COMPILE_XLA_FLAGS
+    env.update(extra)
+    return env
+
+
 def pytest_configure(config):
     if hasattr(config.option, "loadscopereorder"):  # pytest-xdist >= 3.6
         # xdist's own reordering (most tests first) would undo LONGEST_FIRST

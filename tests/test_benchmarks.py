@@ -4,7 +4,7 @@ import platform
 import time
 
 import pytest
-from conftest import FAST_COMPILE_XLA_FLAGS
+from conftest import backend_env
 
 from keras_sepvit.export.profiling import cpu_description, machine_description
 
@@ -178,7 +178,7 @@ def test_gpu_throughput_script_runs_on_jax_and_torch_without_tensorflow(mode):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # quick mode, times not asserted: XLA compiles fast rather than well (conftest)
-    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=root, XLA_FLAGS=FAST_COMPILE_XLA_FLAGS)
+    env = backend_env("jax", PYTHONPATH=root)
     proc = subprocess.run(
         [sys.executable, os.path.join(root, "benchmarks", "gpu_throughput.py"), "--quick",
          "--mode", mode],

@@ -12,7 +12,7 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
-from conftest import FAST_COMPILE_XLA_FLAGS
+from conftest import backend_env
 from keras_hub.src.tests.test_case import TestCase
 
 import keras_sepvit
@@ -348,13 +348,9 @@ NO_CONFTEST = {"torch": ["--noconftest"]}
 def test_other_backends(backend, selection, reference_dir):
     """This file's fast tests (keras-hub's harness, channels_first, dtype
     policies, presets, parity) in a child process on JAX / PyTorch."""
-    env = {
-        **os.environ,
-        "KERAS_BACKEND": backend,
-        "KERAS_SEPVIT_REFERENCE": reference_dir,
-        "KERAS_SEPVIT_REQUIRE_REFERENCE": "1",
-        **({"XLA_FLAGS": FAST_COMPILE_XLA_FLAGS} if backend == "jax" else {}),
-    }
+    env = backend_env(
+        backend, KERAS_SEPVIT_REFERENCE=reference_dir, KERAS_SEPVIT_REQUIRE_REFERENCE="1"
+    )
     selection = f"({selection}) and " if selection else ""
     result = subprocess.run(
         [

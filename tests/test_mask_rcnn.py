@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
-from conftest import FAST_COMPILE_XLA_FLAGS  # noqa: E402
+from conftest import backend_env  # noqa: E402
 from keras import ops  # noqa: E402
 from test_segmentation import TINY  # noqa: E402
 
@@ -430,7 +430,7 @@ print("ok", history)
 @pytest.mark.parametrize("backend", ["jax"])
 def test_predict_and_fit_on_other_backends(backend):
     pytest.importorskip(backend)
-    env = dict(os.environ, KERAS_BACKEND=backend, XLA_FLAGS=FAST_COMPILE_XLA_FLAGS)
+    env = backend_env(backend)
     result = subprocess.run(
         [sys.executable, "-c", _OTHER_BACKEND, os.path.dirname(__file__)],
         env=env,

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import FAST_COMPILE_XLA_FLAGS
+from conftest import backend_env
 
 import keras_sepvit
 from keras_sepvit.parity import TOLERANCE, reference_max_differences
@@ -29,8 +29,7 @@ def test_reference_parity_tensorflow(reference_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_reference_parity_other_backends(reference_dir, backend):
-    env = {**os.environ, "KERAS_BACKEND": backend, "KERAS_SEPVIT_REFERENCE": reference_dir}
-    env.update({"XLA_FLAGS": FAST_COMPILE_XLA_FLAGS} if backend == "jax" else {})
+    env = backend_env(backend, KERAS_SEPVIT_REFERENCE=reference_dir)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(
         [sys.executable, "-m", "keras_sepvit.parity"],

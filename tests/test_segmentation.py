@@ -8,7 +8,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import FAST_COMPILE_XLA_FLAGS
+from conftest import backend_env
 from keras import ops
 
 pytest.importorskip("keras_hub")
@@ -247,9 +247,7 @@ def test_segmenter_runs_the_same_on_other_backends(backend, tmp_path):
     model.save_weights(weights)
     x = np.random.default_rng(0).uniform(-2, 2, (2, 40, 56, 3)).astype("float32")
     np.save(tmp_path / "x.npy", x)
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    if backend == "jax":
-        env["XLA_FLAGS"] = FAST_COMPILE_XLA_FLAGS
+    env = backend_env(backend)
     result = subprocess.run(
         [
             sys.executable,

@@ -16,7 +16,7 @@ from keras import ops
 
 pytest.importorskip("keras_hub")
 
-from conftest import FAST_COMPILE_XLA_FLAGS  # noqa: E402
+from conftest import backend_env  # noqa: E402
 from test_segmentation import TINY  # noqa: E402  (the one tiny SepViT backbone config)
 
 from keras_sepvit.hub import SepViTBackbone  # noqa: E402
@@ -340,9 +340,7 @@ def test_segmenter_and_auxiliary_loss_on_other_backends(backend, tmp_path):
     model.save_weights(weights)
     x = np.random.default_rng(0).uniform(-2, 2, (2, 32, 48, 3)).astype("float32")
     np.save(tmp_path / "x.npy", x)
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    if backend == "jax":
-        env["XLA_FLAGS"] = FAST_COMPILE_XLA_FLAGS
+    env = backend_env(backend)
     args = [weights, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]
     result = subprocess.run(
         [sys.executable, "-c", _OTHER_BACKEND, os.path.dirname(__file__), *args],
