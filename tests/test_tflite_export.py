@@ -38,6 +38,13 @@ def test_float32_file_is_batch_1_folded_and_exact(lite_with_preprocessing, refer
     ops = runner.interpreter._get_ops_details()
     assert [op["op_name"] for op in ops[:3]] == ["CONCATENATION", "CONCATENATION", "CONV_2D"]
     assert sum(op["op_name"] == "CONV_2D" for op in ops) == 4  # stem + 3 patch embeddings
+    # No run-time work the weights can carry: the window tokens' norm1 is a
+    # constant (no MEAN over a (1, nW, 1, C) token slice), and PWA's second
+    # shortcut is (A + I) @ v (no ADD over the (1, h, nW, P * d) values).
+    tensors = runner.interpreter.get_tensor_details()
+    first_inputs = [(op["op_name"], tuple(tensors[op["inputs"][0]]["shape"])) for op in ops]
+    assert not [s for name, s in first_inputs if name == "MEAN" and len(s) == 4 and s[2] == 1]
+    assert not [s for name, s in first_inputs if name == "ADD" and s[-1] in (49 * 32, 196 * 32)]
     taken, total, partitions = profiling.xnnpack_delegation(path)
     assert (taken, partitions) == (total, 1), (taken, total, partitions)
 
