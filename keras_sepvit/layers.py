@@ -238,11 +238,10 @@ class WindowTokens(keras.layers.Layer):
             )
 
     def call(self, windows, grid_hw):
-        """`grid_hw`: the actual window grid (rows, cols), ints or scalar tensors."""
         return ops.concatenate([self.tokens_for(windows, grid_hw), windows], axis=2)
 
     def tokens_for(self, windows, grid_hw):
-        """The tokens alone, (B, nW, 1, C), for the windows (B, nW, P, C)."""
+        """The tokens alone, (B, nW, 1, C); `grid_hw`: the actual grid, ints or tensors."""
         batch = ops.shape(windows)[0]
         num_windows = _static_or_dynamic(windows, 1)
         channels = windows.shape[-1]
@@ -298,6 +297,8 @@ class SeparableSelfAttention(keras.layers.Layer):
     pixels (1) and padding (0); padded keys are left out of DWA and padded
     values out of PWA.
     """
+
+    fold_shortcut = False  # True in export copies: PWA's `+ v` as (A + I) @ v (see below)
 
     def __init__(
         self,
@@ -356,7 +357,7 @@ class SeparableSelfAttention(keras.layers.Layer):
 
     def _heads_attention(self, q, k, v, bias=None, plus_v=False):
         """q, k: (N, h, Tq|Tk, d), v: (N, h, Tk, e) -> (N, h, Tq, e), `+ v` if `plus_v`:
-        (weights + I) @ v for a static Tk, no add over (Tk, e) (int8 TFLite 5% faster)."""
+        (weights + I) @ v with `fold_shortcut` and a static Tk (int8 TFLite 5% faster)."""
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (N, h, Tq, Tk)
         if self.scale != 1.0:  # 1.0 once folded into the queries (keras_sepvit.inference)
             scores = scores * self.scale
@@ -369,7 +370,7 @@ class SeparableSelfAttention(keras.layers.Layer):
             weights = ops.exp(scores - scores)
         else:
             weights = ops.softmax(scores, axis=-1)
-        if plus_v and isinstance(k.shape[2], int):
+        if plus_v and self.fold_shortcut and isinstance(k.shape[2], int):
             weights, plus_v = weights + ops.eye(k.shape[2], dtype=weights.dtype), False
         out = ops.matmul(ops.cast(weights, v.dtype), v)
         return out + v if plus_v else out
@@ -660,9 +661,8 @@ class SepViTBlock(keras.layers.Layer):
         return out
 
     def _with_tokens(self, windows, grid_hw):
-        """(B, nW, P, C) -> (B, nW, 1 + P, C): each window's normalised token in front.
-        norm1 is per token: the same as the reference's norm1 over the concatenation,
-        and a constant for the converters (not a concat, slice and LayerNorm per run)."""
+        """(B, nW, P, C) -> (B, nW, 1 + P, C), normalised tokens in front: norm1 is per
+        token, and apart from the pixels it is a constant for the converters."""
         tokens = self.norm1(self.window_tokens.tokens_for(windows, grid_hw))
         return ops.concatenate([tokens, windows], axis=2)
 

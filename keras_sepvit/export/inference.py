@@ -15,7 +15,11 @@ converters:
   included: zero padding in normalised space is the mean pixel in raw space;
 - the attention score scale (head_dim ** -0.5) folded into the query columns
   of the `qkv` and `pointwise_qk` projections, so that no MUL runs over the
-  (windows, heads, tokens, tokens) score tensors.
+  (windows, heads, tokens, tokens) score tensors;
+- PWA's second shortcut `A @ v + v` computed as `(A + I) @ v`
+  (`SeparableSelfAttention.fold_shortcut`): no ADD over the values, and
+  XNNPACK then runs the values' DEQUANTIZE inside the matmul (int8
+  SepViT-Lite about 5% faster). Training keeps `+ v` (the rounding differs).
 
 The source model is never modified: the folds act on a clone.
 """
@@ -156,6 +160,8 @@ def _fold_attention_scale(model):
     """Multiplies the query columns of each attention's projections by
     head_dim ** -0.5 and sets the layer's score scale to 1 (no MUL traced)."""
     for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, SeparableSelfAttention):
+            layer.fold_shortcut = True  # PWA's `+ v` as (A + I) @ v: XNNPACK fuses v's DEQUANTIZE
         if not isinstance(layer, SeparableSelfAttention) or layer.scale == 1.0:
             continue
         channels = layer.qkv.kernel.shape[0]
