@@ -18,6 +18,8 @@ import math
 import keras
 from keras import ops
 
+from keras_sepvit.windows import _static_or_dynamic, pad_to_window, window_merge, window_partition
+
 PACKAGE = "keras_sepvit"
 _MASK_VALUE = -1e4  # added to the logits of padded keys; exp() underflows to 0
 
@@ -34,49 +36,6 @@ SUBLAYER_CLASSES = {
 def gelu(x):
     """Exact (erf) GELU, as `torch.nn.GELU()` in the reference model."""
     return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
-
-
-def _static_or_dynamic(x, axis):
-    """The static size of `x` along `axis` if known, else a scalar tensor."""
-    static = x.shape[axis]
-    return static if static is not None else ops.shape(x)[axis]
-
-
-def pad_to_window(x, window_size):
-    """Zero-pads a (B, H, W, C) map at the bottom/right to multiples of the window.
-
-    Returns the padded map. With static shapes that are already multiples this
-    is a no-op (no op is emitted).
-    """
-    height, width = _static_or_dynamic(x, 1), _static_or_dynamic(x, 2)
-    pad_h = (-height) % window_size
-    pad_w = (-width) % window_size
-    if isinstance(pad_h, int) and isinstance(pad_w, int) and pad_h == 0 and pad_w == 0:
-        return x
-    return ops.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
-
-
-def window_partition(x, window_size):
-    """(B, Hp, Wp, C) -> (B, gh * gw, ws * ws, C); Hp, Wp multiples of ws."""
-    channels = x.shape[-1]
-    batch = ops.shape(x)[0]
-    grid_w = _static_or_dynamic(x, 2) // window_size
-    x = ops.reshape(x, (-1, window_size, grid_w, window_size, channels))  # (B*gh, ws, gw, ws, C)
-    x = ops.transpose(x, (0, 2, 1, 3, 4))  # (B*gh, gw, ws, ws, C)
-    return ops.reshape(x, (batch, -1, window_size * window_size, channels))  # (B, nW, P, C)
-
-
-def window_merge(windows, window_size, grid_h, grid_w):
-    """(B, gh * gw, ws * ws, C) -> (B, gh * ws, gw * ws, C); inverse of partition."""
-    channels = windows.shape[-1]
-    batch = ops.shape(windows)[0]
-    x = ops.reshape(
-        windows, (-1, grid_w, window_size, window_size, channels)
-    )  # (B*gh, gw, ws, ws, C)
-    x = ops.transpose(x, (0, 2, 1, 3, 4))  # (B*gh, ws, gw, ws, C)
-    return ops.reshape(
-        x, (batch, grid_h * window_size, grid_w * window_size, channels)
-    )  # (B, Hp, Wp, C)
 
 
 def _resize_matrix(size_out, size_in):
@@ -298,7 +257,9 @@ class SeparableSelfAttention(keras.layers.Layer):
     values out of PWA.
     """
 
-    fold_shortcut = False  # True in export copies: PWA's `+ v` as (A + I) @ v (see below)
+    # Export copies only (keras_sepvit.export.inference), see `_heads_attention`.
+    fold_shortcut = False
+    exp_then_normalise = False
 
     def __init__(
         self,
@@ -356,14 +317,26 @@ class SeparableSelfAttention(keras.layers.Layer):
         self.proj.build((None, None, None, channels))
 
     def _heads_attention(self, q, k, v, bias=None, plus_v=False):
-        """q, k: (N, h, Tq|Tk, d), v: (N, h, Tk, e) -> (N, h, Tq, e), `+ v` if `plus_v`:
-        (weights + I) @ v with `fold_shortcut` and a static Tk (int8 TFLite 5% faster)."""
+        """q, k: (N, h, Tq|Tk, d), v: (N, h, Tk, e) -> (N, h, Tq, e), `+ v` if `plus_v`.
+
+        Export copies' forms (int8 TFLite SepViT-Lite about 5% faster each):
+        `fold_shortcut`, (weights + I) @ v for a static Tk (no add over v; XNNPACK
+        then runs v's DEQUANTIZE inside the matmul); `exp_then_normalise`,
+        exp(scores) @ v / sum(exp(scores)), no max pass and the division on
+        (Tq, e) not (Tq, Tk). Only for scores known to lie within +-80 (exp
+        neither overflows nor underflows): int8 files, whose scores are clamped
+        to their int8 range, which `keras_sepvit.export.tflite` checks.
+        """
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (N, h, Tq, Tk)
         if self.scale != 1.0:  # 1.0 once folded into the queries (keras_sepvit.inference)
             scores = scores * self.scale
         scores = ops.cast(scores, "float32")
         if bias is not None:
             scores = scores + bias
+        if self.exp_then_normalise and not plus_v and bias is None and k.shape[2] != 1:
+            weights = ops.exp(scores)  # (N, h, Tq, Tk), unnormalised
+            out = ops.matmul(ops.cast(weights, v.dtype), v)  # (N, h, Tq, e)
+            return out / ops.cast(ops.sum(weights, axis=-1, keepdims=True), v.dtype)
         if k.shape[2] == 1:
             # One key (one window): weight 1 with a defined (zero) gradient,
             # written out because keras warns on a size-1 softmax axis.

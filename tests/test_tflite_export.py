@@ -79,6 +79,10 @@ def test_int8_file_for_xnnpack(lite_with_preprocessing, reference_io, tmp_path):
     assert weights and all(dtype == np.int8 for dtype in weights)
     kinds = {op["op_name"] for op in ops}
     assert {"SOFTMAX", "GELU", "RSQRT"} <= kinds  # float32 in XNNPACK, by design
+    # Window attention as exp(scores) @ v / sum, no max pass: the 11 DWA
+    # blocks' scores are int8 within +-80 (PWA's 6 keep softmax).
+    names = [tensors[op["outputs"][0]]["name"] for op in ops if op["op_name"] == "EXP"]
+    assert len(names) == 11 and not tflite_quantization.unbounded_exponents(path), names
     taken, total, partitions = profiling.xnnpack_delegation(path)
     assert (taken, partitions) == (total, 1), (taken, total, partitions)
     # Close to the float model on the reference inputs (random weights: a
@@ -136,3 +140,51 @@ def test_inference_model_folds_exactly_and_leaves_the_source_alone():
             inference.inference_model(model, batch_size=bad)
     with pytest.raises(ValueError, match="Dense"):
         inference.inference_model(keras.layers.Dense(3))
+
+
+def _tiny_lite(query_gain):
+    keras.utils.set_random_seed(0)
+    model = keras_sepvit.SepViTLite(input_shape=(32, 32, 3), classes=4, classifier_activation=None)
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras_sepvit.layers.SeparableSelfAttention):
+            kernel = layer.qkv.kernel.numpy()
+            kernel[:, : kernel.shape[0]] *= query_gain  # the query columns
+            layer.qkv.kernel.assign(kernel)
+    return model
+
+
+def _exp_of_scores(path):
+    """The EXP ops fed by a DEQUANTIZE: attention as exp(scores) @ v / sum."""
+    ops = export.TFLiteRunner(path).interpreter._get_ops_details()
+    producer = {t: op["op_name"] for op in ops for t in op["outputs"]}
+    return [
+        op for op in ops if op["op_name"] == "EXP" and producer[op["inputs"][0]] == "DEQUANTIZE"
+    ]
+
+
+@pytest.mark.slow
+def test_int8_attention_without_max_pass_only_for_bounded_scores(monkeypatch, tmp_path):
+    """The "int8" file drops softmax's max pass (exp, then normalise after the
+    product) where the calibrated scores stay within +-80, with softmax's
+    numbers; larger scores (queries scaled up) keep softmax."""
+    images = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    model = _tiny_lite(1.0)
+    fast = export.to_tflite(model, str(tmp_path / "exp.tflite"), "int8", images, images[:2],
+                            min_agreement=0)  # fmt: skip
+    # Stages 2-3's 8 blocks (stage 1's padded windows mask keys and keep
+    # softmax; stage 4 has one key).
+    assert len(_exp_of_scores(fast)) == 8 and not tflite_quantization.unbounded_exponents(fast)
+    with monkeypatch.context() as m:  # the same model with softmax: the fallback
+        m.setattr(tflite_quantization, "unbounded_exponents", lambda path: ["all"])
+        softmax = export.to_tflite(model, str(tmp_path / "softmax.tflite"), "int8", images,
+                                   images[:2], min_agreement=0)  # fmt: skip
+    assert not _exp_of_scores(softmax)
+    # Softmax's numbers to rounding; a rounding can move a later int8 value by a step.
+    got, want = export.TFLiteRunner(fast)(images), export.TFLiteRunner(softmax)(images)
+    close = np.abs(got - want) <= 1e-4 * np.abs(want).max()
+    assert close.mean() >= 0.9 and (got.argmax(-1) == want.argmax(-1)).all(), close.mean()
+
+    scaled = export.to_tflite(_tiny_lite(300.0), str(tmp_path / "scaled.tflite"), "int8",
+                              images, images[:2], min_agreement=0)  # fmt: skip
+    assert not _exp_of_scores(scaled) and not tflite_quantization.unbounded_exponents(scaled)
+    assert np.isfinite(export.TFLiteRunner(scaled)(images)).all()

@@ -156,12 +156,13 @@ def _folded_stem(norm, pad, conv, input_hw):
     return padding, folded, (folded_kernel.astype("float32"), folded_bias.astype("float32"))
 
 
-def _fold_attention_scale(model):
+def _fold_attention_scale(model, bounded_scores=False):
     """Multiplies the query columns of each attention's projections by
     head_dim ** -0.5 and sets the layer's score scale to 1 (no MUL traced)."""
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, SeparableSelfAttention):
             layer.fold_shortcut = True  # PWA's `+ v` as (A + I) @ v: XNNPACK fuses v's DEQUANTIZE
+            layer.exp_then_normalise = bounded_scores
         if not isinstance(layer, SeparableSelfAttention) or layer.scale == 1.0:
             continue
         channels = layer.qkv.kernel.shape[0]
@@ -180,7 +181,7 @@ def has_fake_quantization(model):
     return bool(qat.quantizers(model))
 
 
-def inference_model(model, batch_size=1, fold=True):
+def inference_model(model, batch_size=1, fold=True, bounded_scores=False):
     """A copy of `model` for edge conversion (see the module docstring).
 
     Args:
@@ -190,6 +191,9 @@ def inference_model(model, batch_size=1, fold=True):
             the attention scale into the query projections. Models with
             fake quantization (`keras_sepvit.export.qat`) are never folded: their
             trained ranges belong to the unfolded weights.
+        bounded_scores: bool. With `fold`, attention as exp(scores) @ v / sum
+            (`SeparableSelfAttention.exp_then_normalise`): only for a file whose
+            scores are clamped within +-80 (an int8 file, checked after).
 
     Returns:
         A new `keras.Model` taking (batch_size, H, W, C) float32.
@@ -216,7 +220,7 @@ def inference_model(model, batch_size=1, fold=True):
 
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
-    _fold_attention_scale(clone)
+    _fold_attention_scale(clone, bounded_scores)
     stem = _foldable_stem(clone)
     if stem is None:
         return keras.Model(inputs, clone(inputs), name=f"{model.name}_inference")

@@ -272,25 +272,11 @@ def to_tflite(
     tmp = path + ".unchecked.tflite"
     try:
         if quantization in ("int8", "dynamic") and not qat_model:
-            _write_bytes(_convert(source, None, None, None), tmp + ".float")
-            with converter_notices_dropped():  # the quantizer runs LiteRT to calibrate
-                if quantization == "dynamic":
-                    tflite_quantization.quantize_dynamic(
-                        tmp + ".float", tmp, stem_names=inference.stem_names(source)
-                    )
-                else:
-                    tflite_quantization.quantize_int8_xnnpack(
-                        tmp + ".float",
-                        tmp,
-                        images,
-                        head_names=_head_layer_names(model),
-                        stem_names=inference.stem_names(source),
-                        float_tensors=(
-                            dense_quantization.output_tail_names(tmp + ".float")
-                            if dense_quantization.is_dense(model)
-                            else ()
-                        ),
-                    )
+            _quantize(source, model, quantization, images, tmp)
+            if quantization == "int8" and tflite_quantization.unbounded_exponents(tmp):
+                # Scores calibrated beyond +-80: exp() could overflow, so softmax.
+                source, _ = _source(model, quantization, None, batch_size, bounded=False)
+                _quantize(source, model, quantization, images, tmp)
         else:
             _write_bytes(_convert(source, quantization, images, model), tmp)
         _check_tflite(tmp, model, quantization, sample_inputs, tolerance, images, min_agreement)
@@ -302,19 +288,48 @@ def to_tflite(
     return path
 
 
-def _source(model, quantization, representative_data, batch_size):
-    """The model to convert (`inference.inference_model`) and the checked
-    calibration images (None unless calibrated)."""
+def _quantize(source, model, quantization, images, tmp):
+    """`tmp`: the float file of `source`, quantized by ai-edge-quantizer."""
+    _write_bytes(_convert(source, None, None, None), tmp + ".float")
+    with converter_notices_dropped():  # the quantizer runs LiteRT to calibrate
+        if quantization == "dynamic":
+            tflite_quantization.quantize_dynamic(
+                tmp + ".float", tmp, stem_names=inference.stem_names(source)
+            )
+            return
+        tflite_quantization.quantize_int8_xnnpack(
+            tmp + ".float",
+            tmp,
+            images,
+            head_names=_head_layer_names(model),
+            stem_names=inference.stem_names(source),
+            float_tensors=(
+                dense_quantization.output_tail_names(tmp + ".float")
+                if dense_quantization.is_dense(model)
+                else ()
+            ),
+        )
+
+
+def _source(model, quantization, representative_data, batch_size, bounded=True):
+    """The model to convert (`inference.inference_model`; "int8" with
+    exp-then-normalise attention unless `bounded` is False) and the checked
+    calibration images (None unless calibrated and given)."""
     signatures.static_input_shape(model)
     if quantization == "int16x8":
         _check_int16_layer_norms(model)
     images = None
-    if quantization in _CALIBRATED:
+    if quantization in _CALIBRATED and representative_data is not None:
         images = checks.calibration_images(representative_data, model)
     # keras-hub models (tasks, backbones) are not cloned: a clone of some
     # tasks orders its weights differently (DeepLabV3ImageSegmenter), so they
     # go unfolded (the folds are exact rewrites, not needed for correctness).
-    source = inference.inference_model(model, batch_size, fold=not signatures.is_keras_hub(model))
+    source = inference.inference_model(
+        model,
+        batch_size,
+        fold=not signatures.is_keras_hub(model),
+        bounded_scores=bounded and quantization == "int8",
+    )
     if signatures.output_keys(model) is not None:  # named outputs in the file
         source = signatures.named_outputs(source, batch_size)
     return source, images

@@ -129,6 +129,42 @@ def activation_weighted_matmuls(float_path):
     return names
 
 
+# |x| <= 80: exp(x) neither overflows nor underflows float32, nor do sums of
+# it over fewer than 6,000 keys.
+SCORE_BOUND = 80.0
+
+
+def unbounded_exponents(path):
+    """Output names of the EXP ops of a .tflite file whose input is not a
+    dequantized int8 tensor within +-SCORE_BOUND. The "int8" file computes
+    attention as exp(scores) @ v / sum(exp(scores)), without softmax's max
+    pass (`keras_sepvit.layers.SeparableSelfAttention.exp_then_normalise`);
+    that is safe only where the scores are int8, clamped to their range."""
+    from keras_sepvit.export.profiling import _schema, op_type, read_model
+
+    model = read_model(path)
+    graph = model.subgraphs[0]
+    producer = {t: op for op in graph.operators for t in op.outputs}
+    unbounded = []
+    for op in graph.operators:
+        if op_type(model, op) != "EXP":
+            continue
+        dequantize = producer.get(op.inputs[0])
+        kind = op_type(model, dequantize) if dequantize is not None else None
+        bound = float("inf")
+        if kind == "SUB" and dequantize.inputs[0] == dequantize.inputs[1]:
+            bound = 0.0  # exp(x - x): a one-key attention's weight 1
+        elif kind == "DEQUANTIZE":
+            source = graph.tensors[dequantize.inputs[0]]
+            q = source.quantization
+            if source.type == _schema().TensorType.INT8 and q is not None and q.scale is not None:
+                scale, zero = float(q.scale[0]), int(q.zeroPoint[0])
+                bound = max(abs((-128 - zero) * scale), abs((127 - zero) * scale))
+        if bound > SCORE_BOUND:
+            unbounded.append(graph.tensors[op.outputs[0]].name.decode())
+    return unbounded
+
+
 def quantize_int8_xnnpack(
     float_path, out_path, images, head_names=(), stem_names=(), float_tensors=()
 ):
