@@ -29,6 +29,12 @@ The `"int8"` recipe (chosen by measurement; README "Edge export"):
   RSQRT, ADD), GELU, SOFTMAX and the residual ADDs. Their int8 kernels are
   TFLite builtins outside XNNPACK (slower than float), and int8 residual
   ADDs cost more in QUANTIZE/DEQUANTIZE pairs than they saved (measured);
+- the window attention as exp(scores) @ v / sum(exp(scores)) (the export
+  copy's `SeparableSelfAttention.exp_then_normalise`): no max pass over the
+  (tokens x tokens) scores and the division on the (tokens x head_dim)
+  output, about 5% of the file. Exact, and safe because the int8 scores are
+  clamped to their calibrated range: `unbounded_exponents` checks that it
+  lies within +-80 and `to_tflite` falls back to softmax where it does not;
 - the stem (padding and the 7x7 convolution over 3 input channels) float32:
   XNNPACK's int8 convolution with 3 input channels took 0.46 ms against
   0.22 ms in float32 (one-op models, `benchmarks/tflite_profile.py`);
