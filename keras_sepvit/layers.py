@@ -57,8 +57,10 @@ class LayerNorm(keras.layers.LayerNormalization):
     Same weights (`gamma`, `beta`), config and result as
     `keras.layers.LayerNormalization(axis=-1)`, computed as
     `(x - mean) * rsqrt(mean((x - mean) * (x - mean)) + eps) * gamma + beta`.
-    Keras' `moments` converts to TFLite's SQUARED_DIFFERENCE, which has no
-    16-bit kernel in LiteRT (an int16x8 file would not run); these ops do.
+    Keras' version takes the variance with `moments`, which converts to the
+    TFLite op SQUARED_DIFFERENCE; LiteRT has no 16-bit kernel for that op, so
+    an int16x8 file of the model would not run. SUB, MUL, MEAN and RSQRT
+    have int8 and int16 kernels.
     """
 
     def call(self, inputs):
@@ -80,10 +82,11 @@ class LayerNorm(keras.layers.LayerNormalization):
 class ChannelsLastRescaling(keras.layers.Rescaling):
     """`keras.layers.Rescaling` (`x * scale + offset`) on the last axis, always.
 
-    Keras' layer moves a per-channel `scale` for channels-first input when
-    `keras.config.image_data_format()` says so; SepViT is channels-last inside
-    whatever it says (a channels-first model transposes once at its input).
-    Same config and numbers as `Rescaling` on channels-last data.
+    Keras' layer reshapes a per-channel `scale` for channels-first input when
+    `keras.config.image_data_format()` says so at call time; SepViT works
+    channels-last inside whatever that setting is (a channels-first model
+    transposes once at its input), so the per-channel constants must stay on
+    the last axis. Same config and numbers as `Rescaling` on channels-last data.
     """
 
     def call(self, inputs):
@@ -197,10 +200,11 @@ class WindowTokens(keras.layers.Layer):
             )
 
     def call(self, windows, grid_hw):
+        """`grid_hw`: the actual window grid (rows, cols), ints or scalar tensors."""
         return ops.concatenate([self.tokens_for(windows, grid_hw), windows], axis=2)
 
     def tokens_for(self, windows, grid_hw):
-        """The tokens alone, (B, nW, 1, C); `grid_hw`: the actual grid, ints or tensors."""
+        """The tokens alone, (B, nW, 1, C), for the windows (B, nW, P, C)."""
         batch = ops.shape(windows)[0]
         num_windows = _static_or_dynamic(windows, 1)
         channels = windows.shape[-1]
@@ -434,13 +438,15 @@ class SeparableSelfAttention(keras.layers.Layer):
 class PositionEncoding(keras.layers.Layer):
     """Conditional position encoding (PEG of CPVT): `x + DWConv3x3(x)`.
 
-    `(B, H, W, C) -> (B, H, W, C)`, after the first block of every stage.
+    `(B, H, W, C) -> (B, H, W, C)`. SepViT applies it after the first block of
+    every stage.
 
-    The residual add runs on the flattened map, `(B, H*W, C)` (same numbers):
-    TensorFlow's oneDNN remapper (on by default on x86) rewrites a
-    `DepthwiseConv2dNative -> BiasAdd -> Add` chain into a node it cannot name
-    (its `Add` fusions are for Conv2D/Conv3D/MatMul), prints an error and drops
-    every Grappler optimisation of the function. TFLite folds the reshapes away.
+    The residual add runs on the flattened map, `(B, H*W, C)`, which gives the
+    same numbers: TensorFlow's oneDNN remapper (on by default on x86 CPUs)
+    rewrites a `DepthwiseConv2dNative -> BiasAdd -> Add` chain into a node it
+    cannot name (it builds `Add` fusions for Conv2D/Conv3D/MatMul only),
+    prints an error and drops every Grappler optimisation of the function.
+    The TFLite converter folds the two reshapes away.
     """
 
     def build(self, input_shape):

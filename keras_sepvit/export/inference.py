@@ -19,7 +19,10 @@ converters:
 - PWA's second shortcut `A @ v + v` computed as `(A + I) @ v`
   (`SeparableSelfAttention.fold_shortcut`): no ADD over the values, and
   XNNPACK then runs the values' DEQUANTIZE inside the matmul (int8
-  SepViT-Lite about 5% faster). Training keeps `+ v` (the rounding differs).
+  SepViT-Lite about 5% faster). Training keeps `+ v` (the rounding differs);
+- on request (`bounded_scores`, the int8 TFLite file), window attention as
+  exp(scores) @ v / sum(exp(scores)): no max pass (int8 file about 5%
+  faster), for scores known to lie within +-80.
 
 The source model is never modified: the folds act on a clone.
 """
@@ -156,9 +159,11 @@ def _folded_stem(norm, pad, conv, input_hw):
     return padding, folded, (folded_kernel.astype("float32"), folded_bias.astype("float32"))
 
 
-def _fold_attention_scale(model, bounded_scores=False):
+def _fold_attention(model, bounded_scores=False):
     """Multiplies the query columns of each attention's projections by
-    head_dim ** -0.5 and sets the layer's score scale to 1 (no MUL traced)."""
+    head_dim ** -0.5 and sets the layer's score scale to 1 (no MUL traced);
+    sets the export forms `fold_shortcut` and, with `bounded_scores`,
+    `exp_then_normalise` (`SeparableSelfAttention._heads_attention`)."""
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, SeparableSelfAttention):
             layer.fold_shortcut = True  # PWA's `+ v` as (A + I) @ v: XNNPACK fuses v's DEQUANTIZE
@@ -220,7 +225,7 @@ def inference_model(model, batch_size=1, fold=True, bounded_scores=False):
 
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
-    _fold_attention_scale(clone, bounded_scores)
+    _fold_attention(clone, bounded_scores)
     stem = _foldable_stem(clone)
     if stem is None:
         return keras.Model(inputs, clone(inputs), name=f"{model.name}_inference")
