@@ -121,7 +121,8 @@ def test_optimize_reports_its_rewrites(tmp_path):
     proto = onnx.load(raw)
     counts = onnx_graph.optimize(proto)
     assert set(counts) == set(onnx_graph.PASSES)
-    assert counts["fuse_layer_norms"] == 39 and counts["gelu_for_fusion"] == 17, counts
+    # 39 LayerNorms less the 6 window tokens' norm1, constants of a batch-1 file
+    assert counts["fuse_layer_norms"] == 33 and counts["gelu_for_fusion"] == 17, counts
     assert counts["split_heads"] > 0 and counts["dense_to_gemm"] > 0, counts
     # The 8 convolutions' bias Adds (after the NHWC transpose) ride in the Conv.
     assert counts["conv_bias_into_conv"] == 8, counts

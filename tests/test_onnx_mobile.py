@@ -59,7 +59,8 @@ def test_mobile_file_is_one_partition_on_nnapi_and_coreml_and_matches_keras(smal
 def test_default_target_keeps_the_cpu_graph(small_files):
     _, _, cpu, _ = small_files
     ops = _ops(cpu)
-    assert ops["LayerNormalization"] == 39 and ops["Erf"] == 17 and ops["Gemm"] > 0, ops
+    # 39 LayerNorms less the 6 window tokens' norm1, constants of a batch-1 file
+    assert ops["LayerNormalization"] == 33 and ops["Erf"] == 17 and ops["Gemm"] > 0, ops
     found = mobile_checks.onnx_partitions(cpu)  # what target="mobile" fixes
     assert found["NNAPI"]["partitions"] > 1
     assert {"Erf", "LayerNormalization"} <= set(found["NNAPI"]["unsupported_ops"])
