@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -300,7 +299,6 @@ def test_short_fit_lowers_the_loss_on_digit_scenes():
 
     from keras_sepvit.demos.segmentation import make_data
 
-    start = time.perf_counter()
     data = make_data(num_train=16, num_test=1, image_size=32)
     images, masks = data["train"]
     model = tiny_segmenter(num_classes=11, image_shape=(32, 32, 3), compile=False)
@@ -310,7 +308,6 @@ def test_short_fit_lowers_the_loss_on_digit_scenes():
     model.fit(dataset, steps_per_epoch=20, epochs=1, shuffle=False, verbose=0)
     after = float(model.loss(masks, model(images)))
     assert after < 0.8 * before, (before, after)
-    assert time.perf_counter() - start < 60
 
 
 _OTHER_BACKEND = """
