@@ -20,7 +20,9 @@ between); it prints its table without writing the results.
 
 Prints a Markdown table with the XNNPACK delegation of each file, the ratios
 the edge issue holds SepViT to (int8 / its own float32, int8 / MobileNetV2
-int8) and writes it with a PNG plot to benchmarks/results/; the header names
+int8), what int8 buys each peer (its int8-full / float32 file: about 1x on
+a CPU without int8 dot-product instructions, where no int8 file is faster)
+and writes it with a PNG plot to benchmarks/results/; the header names
 the CPU model and its vector extensions, the date and the versions. Weights
 are random: latency does not depend on them, but calibration does, so
 SepViT's zero-initialised window tokens and biases are perturbed.
@@ -144,6 +146,13 @@ def main(argv=None):
             }
             cells = " | ".join(f"{r:.2f}x" for r in ratios[key].values())
             lines.append(f"| {key} | {cells} |")
+    # What int8 buys the peers on this CPU: without int8 dot-product
+    # instructions (x86 AVX2 without VNNI) int8 is no faster than float32.
+    for name in [n for n, m in delegation if n != "SepViT-Lite" and m == "float32"]:
+        key = f"{name} int8-full / {name} float32"
+        own = {t: results[name, "int8-full", t] / results[name, "float32", t] for t in threads}
+        ratios[key] = own
+        lines.append(f"| {key} | " + " | ".join(f"{r:.2f}x" for r in ratios[key].values()) + " |")
     table = "\n".join(lines)
     print(table)
     if not args.quick and args.order == "interleaved":

@@ -94,7 +94,8 @@ def _export_sepvit(name, size, path):
     kwargs = {"batch_size": None if name.endswith("dynamic batch") else 1}
     if name.endswith("int8"):
         calibration = rng.uniform(0, 255, (8, size, size, 3)).astype("float32")
-        kwargs.update(quantization="int8", representative_data=calibration)
+        # random weights: top-1 agreement with Keras means nothing (near-ties)
+        kwargs.update(quantization="int8", representative_data=calibration, min_agreement=0)
     to_onnx(model, path, sample_inputs=x, **kwargs)
     return model.count_params()
 
@@ -118,6 +119,10 @@ def _child_export(kind, names, size, folder):
     params = {name: export(name, size, os.path.join(folder, f"{name}.onnx")) for name in names}
     with open(os.path.join(folder, f"{kind}.json"), "w") as f:
         json.dump(params, f)
+
+
+def _kind(name):
+    return "sepvit" if name.startswith("SepViT") else "peer"
 
 
 def _session(path, threads):
@@ -167,6 +172,8 @@ def main(argv=None):
         args.size, args.runs, pairs = 64, 2, {"SepViT-Lite": ("PVTv2-b0",)}
     import onnxruntime as ort
 
+    from keras_sepvit.export.onnx_profiling import profile
+
     sepvits = [n for n in pairs] + list(LITE_VARIANTS)
     peers = [n for ps in pairs.values() for n in ps]
     nhwc = np.random.default_rng(1).uniform(0, 255, (1, args.size, args.size, 3))
@@ -180,14 +187,19 @@ def main(argv=None):
         params.update(_export_in_child("peers", peers, args.size, folder))
         for threads in (1, 2):
             runners = {
-                name: (
-                    _session(os.path.join(folder, f"{name}.onnx"), threads),
-                    inputs["sepvit" if name.startswith("SepViT") else "peer"],
-                )
+                name: (_session(os.path.join(folder, f"{name}.onnx"), threads), inputs[_kind(name)])
                 for name in sepvits + peers
             }
             for name, ms in interleaved_median_ms(runners, args.runs).items():
                 results[name, threads] = ms
+        profiles = {  # 1 thread, after the timing (the profiler slows every kernel)
+            name: profile(
+                os.path.join(folder, f"{name}.onnx"),
+                runs=2 if args.quick else 10,
+                inputs=inputs[_kind(name)],
+            )
+            for name in sepvits + peers
+        }
     from keras_sepvit.export.profiling import machine_description  # after the timing: Keras
 
     header = (
@@ -222,11 +234,45 @@ def main(argv=None):
                 f"| {name} | {threads} | {ms:.2f} | {ms / results['SepViT-Lite', threads]:.2f}x "
                 f"| {ms / results['PVTv2-b0', threads]:.2f}x |"
             )
+    lines += _profile_lines(profiles, pairs)
     table = "\n".join(lines)
     print(table)
     if not args.quick:
         _save(args.out, table, results, sepvits + peers)
-    return results
+    return {"latency_ms": results, "profiles": profiles}
+
+
+def _profile_lines(profiles, pairs):
+    """Where each file's 1-thread time goes (ORT's profiler), and how low each
+    SepViT / peer ratio could go if SepViT's non-matrix kernels took no time."""
+    from keras_sepvit.export.onnx_profiling import MATRIX_OPS, matrix_floor
+
+    lines = [
+        "",
+        "Where the time goes, 1 thread (ONNX Runtime's profiler, median per kernel; "
+        "matrix = Gemm, MatMul, Conv and their fused forms; GFLOP/s = 2 x MACs / their time):",
+        "",
+        "| model | kernels | ms (profiled) | matrix GMACs | matrix ms | matrix GFLOP/s "
+        "| other ms | slowest other ops (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, p in profiles.items():
+        others = [(op, ms) for op, (_, ms) in p["by_op"].items() if op not in MATRIX_OPS][:3]
+        lines.append(
+            f"| {name} | {len(p['kernels'])} | {p['ms']:.2f} | {p['matrix_macs'] / 1e9:.3f} "
+            f"| {p['matrix_ms']:.2f} | {p['gflops']:.0f} | {p['other_ms']:.2f} | "
+            + ", ".join(f"{op} {ms:.2f}" for op, ms in others)
+            + " |"
+        )
+    lines += ["", "| ratio | profiled | floor: SepViT's matrix ms / peer's ms |", "|---|---|---|"]
+    for sepvit, peer_names in pairs.items():
+        for peer in peer_names:
+            model, other = profiles[sepvit], profiles[peer]
+            lines.append(
+                f"| {sepvit} / {peer} | {model['ms'] / other['ms']:.2f}x "
+                f"| {matrix_floor(model, other):.2f}x |"
+            )
+    return lines
 
 
 def _save(folder, table, results, names):

@@ -132,13 +132,21 @@ def test_edge_latency_quick(load_script, capsys, monkeypatch):
 @pytest.mark.slow
 def test_onnx_latency_quick(load_script, capsys):
     module = load_script("benchmarks", "onnx_latency")
-    results = module.main(["--quick"])
+    out = module.main(["--quick"])
+    results, profiles = out["latency_ms"], out["profiles"]
     models = ("SepViT-Lite", "PVTv2-b0") + module.LITE_VARIANTS
     assert set(results) == {(m, t) for m in models for t in (1, 2)}
     assert all(ms > 0 for ms in results.values())
+    # Every file profiled per kernel; SepViT-Lite and PVTv2-b0 are both about
+    # 0.6 GMACs at 224 (0.05 at the quick 64 px), the int8 file the same work.
+    assert set(profiles) == set(models)
+    for name, p in profiles.items():
+        assert 0.03e9 < p["matrix_macs"] < 0.07e9, (name, p["matrix_macs"])
+        assert 0 < p["matrix_ms"] < p["ms"], name
     out = capsys.readouterr().out
     assert "| PVTv2-b0 | 3.7 |" in out  # the peer has b0's size
     assert "| SepViT-Lite int8 | 1 |" in out and "interleaved" in out
+    assert "| SepViT-Lite / PVTv2-b0 |" in out and "floor" in out
     _assert_header_names_cpu(out, "ONNX Runtime")
 
 
