@@ -184,7 +184,8 @@ def test_head_structure_follows_mmseg_uperhead():
 def _tensorflow_lacks_nchw_conv():
     """TensorFlow runs an NCHW Conv2D on a CPU only through oneDNN, which it turns
     on by default only on CPUs with AVX-512 VNNI, BF16 or AMX: on an AVX2 AMD EPYC
-    every channels-first Keras Conv2D fails, keras.applications' too."""
+    every channels-first Keras Conv2D fails, keras.applications' too, unless
+    TF_ENABLE_ONEDNN_OPTS=1 is set before TensorFlow is imported."""
     if keras.backend.backend() != "tensorflow":
         return False
     import tensorflow as tf
@@ -198,7 +199,7 @@ def _tensorflow_lacks_nchw_conv():
 
 def test_channels_first_head_equals_channels_last():
     if _tensorflow_lacks_nchw_conv():
-        pytest.skip("this CPU's TensorFlow has no NCHW Conv2D (no oneDNN)")
+        pytest.skip("TensorFlow has no NCHW Conv2D on this CPU: set TF_ENABLE_ONEDNN_OPTS=1")
     inputs = pyramid_inputs(height=20, width=28)
     last = UperNetHead(3, channels=8, data_format="channels_last")
     first = UperNetHead(3, channels=8, data_format="channels_first")
