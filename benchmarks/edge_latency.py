@@ -135,23 +135,19 @@ def main(argv=None):
         lines.append(f"| {name} | {mode} | {taken}/{total}, {parts} | {cells} |")
     lines += ["", "| ratio | " + " | ".join(f"{t} thread" for t in threads) + " |"]
     lines.append("|---|" + "---|" * len(threads))
-    ratios = {}
-    for mode in ("int8", "dynamic"):
-        for peer, peer_mode in [("SepViT-Lite", "float32")] + [
-            (n, "int8-full") for n, m in delegation if n != "SepViT-Lite" and m == "float32"
-        ]:
-            key = f"SepViT-Lite {mode} / {peer} {peer_mode}"
-            ratios[key] = {
-                t: results["SepViT-Lite", mode, t] / results[peer, peer_mode, t] for t in threads
-            }
-            cells = " | ".join(f"{r:.2f}x" for r in ratios[key].values())
-            lines.append(f"| {key} | {cells} |")
+    peers = [n for n, m in delegation if n != "SepViT-Lite" and m == "float32"]
+    pairs = [  # (numerator, denominator) files
+        (("SepViT-Lite", mode), other)
+        for mode in ("int8", "dynamic")
+        for other in [("SepViT-Lite", "float32")] + [(n, "int8-full") for n in peers]
+    ]
     # What int8 buys the peers on this CPU: without int8 dot-product
     # instructions (x86 AVX2 without VNNI) int8 is no faster than float32.
-    for name in [n for n, m in delegation if n != "SepViT-Lite" and m == "float32"]:
-        key = f"{name} int8-full / {name} float32"
-        own = {t: results[name, "int8-full", t] / results[name, "float32", t] for t in threads}
-        ratios[key] = own
+    pairs += [((n, "int8-full"), (n, "float32")) for n in peers]
+    ratios = {}
+    for (name, mode), (other, other_mode) in pairs:
+        key = f"{name} {mode} / {other} {other_mode}"
+        ratios[key] = {t: results[name, mode, t] / results[other, other_mode, t] for t in threads}
         lines.append(f"| {key} | " + " | ".join(f"{r:.2f}x" for r in ratios[key].values()) + " |")
     table = "\n".join(lines)
     print(table)
