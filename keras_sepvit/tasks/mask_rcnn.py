@@ -54,6 +54,7 @@ import numpy as np
 from keras import layers, ops
 
 from keras_sepvit.layers import PACKAGE
+from keras_sepvit.optimizer_build import OptimizerBuiltBeforeFit
 from keras_sepvit.tasks import mask_rcnn_targets as targets_lib
 from keras_sepvit.tasks.retinanet import _keras_hub
 from keras_sepvit.tasks.roi_align import multilevel_roi_align, paste_masks
@@ -241,7 +242,7 @@ class MaskHead(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class MaskRCNN(keras.Model):
+class MaskRCNN(OptimizerBuiltBeforeFit, keras.Model):
     """Mask R-CNN (mmdet's `mask-rcnn_r50_fpn_1x`) on a feature-pyramid backbone.
 
     `model(images)` and `model.predict(images)` return the detections (see

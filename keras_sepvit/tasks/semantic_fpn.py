@@ -27,6 +27,7 @@ import keras
 from keras import layers, ops
 
 from keras_sepvit.layers import PACKAGE
+from keras_sepvit.optimizer_build import OptimizerBuiltBeforeFit
 from keras_sepvit.preprocessing import resolve_data_format
 from keras_sepvit.tasks.segmentation_losses import mean_iou, segmentation_loss  # also re-exported
 
@@ -410,7 +411,7 @@ def _image_segmenter():
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class SemanticFPNSegmenter(_image_segmenter()):
+class SemanticFPNSegmenter(OptimizerBuiltBeforeFit, _image_segmenter()):
     """Semantic FPN on a feature-pyramid backbone (the paper's ADE20K setting).
 
     `images (B, H, W, 3) -> logits (B, H, W, num_classes)` (or

@@ -37,6 +37,7 @@ import numpy as np
 from keras import layers, ops
 
 from keras_sepvit.layers import PACKAGE
+from keras_sepvit.optimizer_build import OptimizerBuiltBeforeFit
 from keras_sepvit.preprocessing import resolve_data_format
 from keras_sepvit.tasks.segmentation_losses import mean_iou, segmentation_loss
 from keras_sepvit.tasks.semantic_fpn import (
@@ -474,7 +475,7 @@ def _single_loss(loss):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class UperNetSegmenter(_image_segmenter()):
+class UperNetSegmenter(OptimizerBuiltBeforeFit, _image_segmenter()):
     """UperNet on a feature-pyramid backbone (the paper's ADE20K UperNet setting).
 
     `images (B, H, W, 3) -> logits (B, H, W, num_classes)` (or

@@ -22,6 +22,7 @@ import warnings
 
 import keras
 
+from keras_sepvit.optimizer_build import build_optimizer
 from keras_sepvit.training import locks
 from keras_sepvit.training.checkpoints import (
     BEST,
@@ -170,7 +171,8 @@ def prepare_run(model, directory, resume=False, overwrite=False, settings=None,
     The chief takes the folder's lock (unless `check_run` did; kept until
     `release_run` or exit). `overwrite` deletes the previous run's
     checkpoints, logs and settings; `resume` restores weights and optimizer
-    state from the verified checkpoint and rewrites `log.csv` from its
+    state from the verified checkpoint (otherwise the optimizer is built here,
+    `keras_sepvit.optimizer_build`) and rewrites `log.csv` from its
     committed history. The run's `settings` (or those `check_run` checked)
     are stored in `settings.json`, and changes allowed on a resume are
     appended to `settings.log`. In a cluster only the chief deletes and
@@ -186,6 +188,7 @@ def prepare_run(model, directory, resume=False, overwrite=False, settings=None,
         if taken:
             release_run(directory)
         raise
+    build_optimizer(model)  # before fit traces the train step: one trace, not two
     return initial_epoch
 
 
