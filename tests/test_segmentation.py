@@ -52,6 +52,31 @@ def pyramid_inputs(height=16, width=24, channels=(8, 16, 16, 32), batch=2, seed=
     }
 
 
+@pytest.mark.parametrize("head", ["semantic_fpn", "upernet"])
+def test_channels_first_segmenter_equals_channels_last(head):
+    """A channels-first segmenter (backbone and heads) gives the channels-last
+    numbers, transposed, from the same weights. Its heads run their
+    convolutions channels-last inside (keras_sepvit.tasks.layout), so it also
+    runs where TensorFlow has no NCHW Conv2D (CPUs it leaves oneDNN off on)."""
+    from keras_sepvit.tasks.upernet import UperNetSegmenter
+
+    def build(data_format):
+        keras.utils.set_random_seed(0)
+        shape = (40, 56, 3) if data_format == "channels_last" else (3, 40, 56)
+        backbone = SepViTBackbone(**TINY, image_shape=shape, data_format=data_format)
+        if head == "semantic_fpn":
+            return SemanticFPNSegmenter(backbone, 4, **HEAD)
+        return UperNetSegmenter(backbone, 4, channels=16, auxiliary_channels=8)
+
+    last, first = build("channels_last"), build("channels_first")
+    first.set_weights(last.get_weights())
+    x = np.random.default_rng(0).uniform(-2, 2, (2, 40, 56, 3)).astype("float32")
+    expected = ops.convert_to_numpy(last(x))
+    got = ops.convert_to_numpy(first(np.transpose(x, (0, 3, 1, 2))))
+    assert got.shape == (2, 4, 40, 56)
+    np.testing.assert_allclose(got, np.transpose(expected, (0, 3, 1, 2)), atol=1e-4)
+
+
 @pytest.mark.parametrize("factor", [2, 4])
 @pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
 def test_dynamic_upsampling_equals_resize(factor, interpolation):

@@ -181,35 +181,45 @@ def test_head_structure_follows_mmseg_uperhead():
     assert np.abs(diff).max() > 1e-4
 
 
-def _tensorflow_lacks_nchw_conv():
-    """TensorFlow runs an NCHW Conv2D on a CPU only through oneDNN, which it turns
-    on by default only on CPUs with AVX-512 VNNI, BF16 or AMX: on an AVX2 AMD EPYC
-    every channels-first Keras Conv2D fails, keras.applications' too, unless
-    TF_ENABLE_ONEDNN_OPTS=1 is set before TensorFlow is imported."""
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    try:
-        tf.nn.conv2d(tf.zeros((1, 1, 2, 2)), tf.zeros((1, 1, 1, 1)), 1, "SAME", data_format="NCHW")
-    except tf.errors.UnimplementedError:
-        return True
-    return False
+def _nchw(x):
+    return (
+        {k: np.transpose(v, (0, 3, 1, 2)) for k, v in x.items()}
+        if isinstance(x, dict)
+        else (np.transpose(x, (0, 3, 1, 2)))
+    )
 
 
-def test_channels_first_head_equals_channels_last():
-    if _tensorflow_lacks_nchw_conv():
-        pytest.skip("TensorFlow has no NCHW Conv2D on this CPU: set TF_ENABLE_ONEDNN_OPTS=1")
+def test_channels_first_heads_equal_channels_last_and_run_channels_last_inside():
+    """The heads run their convolutions channels-last inside (keras_sepvit.tasks.layout):
+    TensorFlow has no NCHW Conv2D on CPUs where it leaves oneDNN off (an AVX2
+    AMD EPYC), and there a channels-first head failed. Same weights, same numbers."""
     inputs = pyramid_inputs(height=20, width=28)
     last = UperNetHead(3, channels=8, data_format="channels_last")
     first = UperNetHead(3, channels=8, data_format="channels_first")
     expected = ops.convert_to_numpy(last(inputs))
-    first({k: np.transpose(v, (0, 3, 1, 2)) for k, v in inputs.items()})
+    first(_nchw(inputs))
     first.set_weights(last.get_weights())  # kernels are laid out alike in both formats
-    got = first({k: np.transpose(v, (0, 3, 1, 2)) for k, v in inputs.items()})
-    np.testing.assert_allclose(
-        np.transpose(ops.convert_to_numpy(got), (0, 2, 3, 1)), expected, atol=1e-5
+    got = first(_nchw(inputs))
+    assert tuple(got.shape) == first.compute_output_shape(
+        {k: v.shape for k, v in _nchw(inputs).items()}
     )
+    np.testing.assert_allclose(_nchw(expected), ops.convert_to_numpy(got), atol=1e-5)
+    inside = [first.classifier, first.drop, first.ppm, *(m[0] for m in first.laterals.values())]
+    assert {layer.data_format for layer in inside} == {"channels_last"}
+
+    features, image = inputs["P4"], np.zeros((2, 20, 28, 3), "float32")
+    last = AuxiliaryFCNHead(
+        3, channels=8, factor=16, activation="softmax", data_format="channels_last"
+    )
+    first = AuxiliaryFCNHead(
+        3, channels=8, factor=16, activation="softmax", data_format="channels_first"
+    )
+    expected = ops.convert_to_numpy(last.logits(features, image))
+    first.logits(_nchw(features), _nchw(image))
+    first.set_weights(last.get_weights())
+    got = ops.convert_to_numpy(first.logits(_nchw(features), _nchw(image)))
+    assert got.shape == (2, 3, 20, 28)
+    np.testing.assert_allclose(got, _nchw(expected), atol=1e-5)
 
 
 def test_auxiliary_head_runs_in_training_only_and_its_loss_is_weighted():

@@ -29,6 +29,7 @@ from keras import layers, ops
 from keras_sepvit.layers import PACKAGE
 from keras_sepvit.optimizer_build import OptimizerBuiltBeforeFit
 from keras_sepvit.preprocessing import resolve_data_format
+from keras_sepvit.tasks.layout import INSIDE, shape_inside, to_inside, to_outside, with_channels
 from keras_sepvit.tasks.segmentation_losses import mean_iou, segmentation_loss  # also re-exported
 
 LEVELS = ("P2", "P3", "P4", "P5")
@@ -148,7 +149,7 @@ class FPNNeck(layers.Layer):
         self.channels = channels
         self.levels = _check_levels(levels)
         self.data_format = resolve_data_format(data_format)
-        conv = dict(data_format=self.data_format)
+        conv = dict(data_format=INSIDE)  # channels-last inside (keras_sepvit.tasks.layout)
         self.lateral = {
             k: layers.Conv2D(channels, 1, name=f"lateral_{k}", **conv) for k in self.levels
         }
@@ -159,24 +160,26 @@ class FPNNeck(layers.Layer):
 
     def build(self, input_shape):
         _check_features(input_shape, self.levels, "FPNNeck")
+        input_shape = shape_inside(input_shape, self.data_format)  # {level: (B, h, w, C)}
         for k in self.levels:
             self.lateral[k].build(input_shape[k])
             self.output_convs[k].build(self.lateral[k].compute_output_shape(input_shape[k]))
 
     def call(self, inputs):
         _check_features(inputs, self.levels, "FPNNeck")
+        inputs = to_inside(inputs, self.data_format)  # {level: (B, h, w, C)}
         maps = {k: self.lateral[k](inputs[k]) for k in self.levels}
         for finer, coarser in zip(self.levels[-2::-1], self.levels[:0:-1]):
             factor = 2 ** (int(coarser[1:]) - int(finer[1:]))
-            upsampled = _upsample(maps[coarser], factor, "nearest", self.data_format)
+            upsampled = _upsample(maps[coarser], factor, "nearest", INSIDE)
             # top-down: the coarser map, nearest-upsampled and cropped to the finer one
-            maps[finer] = maps[finer] + _crop(
-                upsampled, _spatial(maps[finer], self.data_format), self.data_format
-            )
-        return {k: self.output_convs[k](maps[k]) for k in self.levels}
+            maps[finer] = maps[finer] + _crop(upsampled, _spatial(maps[finer], INSIDE), INSIDE)
+        outputs = {k: self.output_convs[k](maps[k]) for k in self.levels}
+        return to_outside(outputs, self.data_format)
 
     def compute_output_shape(self, input_shape):
-        return {k: self.lateral[k].compute_output_shape(input_shape[k]) for k in self.levels}
+        shapes = {k: input_shape[k] for k in self.levels}
+        return {k: with_channels(v, self.channels, self.data_format) for k, v in shapes.items()}
 
     def get_config(self):
         return {
@@ -238,7 +241,7 @@ class SemanticFPNHead(layers.Layer):
         self.dropout = dropout
         self.levels = _check_levels(levels)
         self.data_format = resolve_data_format(data_format)
-        axis = -1 if self.data_format == "channels_last" else 1
+        axis = -1  # channels-last inside (keras_sepvit.tasks.layout)
         finest = int(self.levels[0][1:])
         self.stages = {}
         for k in self.levels:
@@ -249,7 +252,7 @@ class SemanticFPNHead(layers.Layer):
                     3,
                     padding="same",
                     use_bias=False,
-                    data_format=self.data_format,
+                    data_format=INSIDE,
                     name=f"{k}_conv{i + 1}",
                 )
                 if norm == "group":
@@ -263,12 +266,11 @@ class SemanticFPNHead(layers.Layer):
                 stages.append((conv, normalization))
             self.stages[k] = stages
         self.drop = layers.Dropout(dropout, name="dropout")
-        self.classifier = layers.Conv2D(
-            num_classes, 1, data_format=self.data_format, name="classifier"
-        )
+        self.classifier = layers.Conv2D(num_classes, 1, data_format=INSIDE, name="classifier")
 
     def build(self, input_shape):
         _check_features(input_shape, self.levels, "SemanticFPNHead")
+        input_shape = shape_inside(input_shape, self.data_format)  # {level: (B, h, w, C)}
         for k in self.levels:
             shape = input_shape[k]
             for conv, normalization in self.stages[k]:
@@ -279,7 +281,8 @@ class SemanticFPNHead(layers.Layer):
 
     def call(self, inputs, training=None):
         _check_features(inputs, self.levels, "SemanticFPNHead")
-        size = _spatial(inputs[self.levels[0]], self.data_format)
+        inputs = to_inside(inputs, self.data_format)  # {level: (B, h, w, C)}
+        size = _spatial(inputs[self.levels[0]], INSIDE)
         output = None
         for k in self.levels:
             x = inputs[k]
@@ -287,11 +290,11 @@ class SemanticFPNHead(layers.Layer):
             for conv, normalization in stages:
                 x = ops.relu(normalization(conv(x), training=training))
                 if k != self.levels[0]:
-                    x = _upsample(x, 2, "bilinear", self.data_format)
-            x = _crop(x, size, self.data_format)  # ceil sizes: 2 * ceil(h / 2) may be h + 1
+                    x = _upsample(x, 2, "bilinear", INSIDE)
+            x = _crop(x, size, INSIDE)  # ceil sizes: 2 * ceil(h / 2) may be h + 1
             output = x if output is None else output + x  # (B, h2, w2, channels)
         output = self.drop(output, training=training)
-        return self.classifier(output)  # (B, h2, w2, num_classes)
+        return to_outside(self.classifier(output), self.data_format)  # (B, h2, w2, num_classes)
 
     def compute_output_shape(self, input_shape):
         shape = list(input_shape[self.levels[0]])

@@ -39,6 +39,7 @@ from keras import layers, ops
 from keras_sepvit.layers import PACKAGE
 from keras_sepvit.optimizer_build import OptimizerBuiltBeforeFit
 from keras_sepvit.preprocessing import resolve_data_format
+from keras_sepvit.tasks.layout import INSIDE, shape_inside, to_inside, to_outside, with_channels
 from keras_sepvit.tasks.segmentation_losses import mean_iou, segmentation_loss
 from keras_sepvit.tasks.semantic_fpn import (
     LEVELS,
@@ -191,12 +192,6 @@ def _run(module, x, training):
     return ops.relu(norm(conv(x), training=training))
 
 
-def _with_channels(shape, channels, data_format):
-    shape = list(shape)
-    shape[-1 if data_format == "channels_last" else 1] = channels
-    return tuple(shape)
-
-
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class PyramidPoolingModule(layers.Layer):
     """PSPNet's pyramid pooling, as mmseg's `PPM` and `UPerHead.psp_forward`.
@@ -221,31 +216,30 @@ class PyramidPoolingModule(layers.Layer):
         self.channels = channels
         self.pool_scales = _check_pool_scales(pool_scales)
         self.data_format = resolve_data_format(data_format)
-        self.branches = [
-            _conv_norm(channels, 1, f"pool{s}", self.data_format) for s in self.pool_scales
-        ]
-        self.bottleneck = _conv_norm(channels, 3, "bottleneck", self.data_format)
+        # Convolutions run channels-last inside (keras_sepvit.tasks.layout).
+        self.branches = [_conv_norm(channels, 1, f"pool{s}", INSIDE) for s in self.pool_scales]
+        self.bottleneck = _conv_norm(channels, 3, "bottleneck", INSIDE)
 
     def build(self, input_shape):
-        axis = -1 if self.data_format == "channels_last" else 1
+        input_shape = shape_inside(input_shape, self.data_format)  # (B, H, W, C)
         for branch in self.branches:
             _build(branch, input_shape)
-        total = input_shape[axis] + len(self.pool_scales) * self.channels
-        _build(self.bottleneck, _with_channels(input_shape, total, self.data_format))
+        total = input_shape[-1] + len(self.pool_scales) * self.channels
+        _build(self.bottleneck, with_channels(input_shape, total, INSIDE))
 
     def call(self, inputs, training=None):
-        axis = -1 if self.data_format == "channels_last" else 1
-        size = _spatial(inputs, self.data_format)
+        inputs = to_inside(inputs, self.data_format)  # (B, H, W, C)
+        size = _spatial(inputs, INSIDE)
         outputs = [inputs]
         for scale, branch in zip(self.pool_scales, self.branches):
-            x = adaptive_average_pool(inputs, scale, self.data_format)  # (B, s, s, C)
+            x = adaptive_average_pool(inputs, scale, INSIDE)  # (B, s, s, C)
             x = _run(branch, x, training)  # (B, s, s, channels)
-            outputs.append(resize_bilinear(x, size, self.data_format))  # (B, H, W, channels)
-        x = ops.concatenate(outputs, axis=axis)  # (B, H, W, C + n * channels)
-        return _run(self.bottleneck, x, training)
+            outputs.append(resize_bilinear(x, size, INSIDE))  # (B, H, W, channels)
+        x = ops.concatenate(outputs, axis=-1)  # (B, H, W, C + n * channels)
+        return to_outside(_run(self.bottleneck, x, training), self.data_format)
 
     def compute_output_shape(self, input_shape):
-        return _with_channels(input_shape, self.channels, self.data_format)
+        return with_channels(input_shape, self.channels, self.data_format)
 
     def get_config(self):
         return {
@@ -296,59 +290,55 @@ class UperNetHead(layers.Layer):
         self.dropout = dropout
         self.levels = _check_levels(levels)
         self.data_format = resolve_data_format(data_format)
-        self.ppm = PyramidPoolingModule(channels, self.pool_scales, self.data_format, name="ppm")
-        self.laterals = {
-            k: _conv_norm(channels, 1, f"lateral_{k}", self.data_format) for k in self.levels[:-1]
-        }
-        self.fpn_convs = {
-            k: _conv_norm(channels, 3, f"fpn_{k}", self.data_format) for k in self.levels[:-1]
-        }
-        self.fpn_bottleneck = _conv_norm(channels, 3, "fpn_bottleneck", self.data_format)
-        self.drop = layers.SpatialDropout2D(dropout, data_format=self.data_format, name="dropout")
-        self.classifier = layers.Conv2D(
-            num_classes, 1, data_format=self.data_format, name="classifier"
-        )
+        # Everything runs channels-last inside (keras_sepvit.tasks.layout).
+        self.ppm = PyramidPoolingModule(channels, self.pool_scales, INSIDE, name="ppm")
+        upper = self.levels[:-1]
+        self.laterals = {k: _conv_norm(channels, 1, f"lateral_{k}", INSIDE) for k in upper}
+        self.fpn_convs = {k: _conv_norm(channels, 3, f"fpn_{k}", INSIDE) for k in upper}
+        self.fpn_bottleneck = _conv_norm(channels, 3, "fpn_bottleneck", INSIDE)
+        self.drop = layers.SpatialDropout2D(dropout, data_format=INSIDE, name="dropout")
+        self.classifier = layers.Conv2D(num_classes, 1, data_format=INSIDE, name="classifier")
 
     def build(self, input_shape):
         _check_features(input_shape, self.levels, "UperNetHead")
+        input_shape = shape_inside(input_shape, self.data_format)  # {level: (B, h, w, C)}
         self.ppm.build(input_shape[self.levels[-1]])
         for k in self.levels[:-1]:
             shape = _build(self.laterals[k], input_shape[k])
             _build(self.fpn_convs[k], shape)
         finest = input_shape[self.levels[0]]
         fused = len(self.levels) * self.channels
-        shape = _build(self.fpn_bottleneck, _with_channels(finest, fused, self.data_format))
+        shape = _build(self.fpn_bottleneck, with_channels(finest, fused, INSIDE))
         self.classifier.build(shape)
 
     def call(self, inputs, training=None):
         _check_features(inputs, self.levels, "UperNetHead")
-        axis = -1 if self.data_format == "channels_last" else 1
+        inputs = to_inside(inputs, self.data_format)  # {level: (B, h, w, C)}
         maps = {k: _run(self.laterals[k], inputs[k], training) for k in self.levels[:-1]}
         maps[self.levels[-1]] = self.ppm(inputs[self.levels[-1]], training=training)
         for finer, coarser in zip(self.levels[-2::-1], self.levels[:0:-1]):
             factor = 2 ** (int(coarser[1:]) - int(finer[1:]))
-            upsampled = _upsample(maps[coarser], factor, "bilinear", self.data_format)
+            upsampled = _upsample(maps[coarser], factor, "bilinear", INSIDE)
             # top-down: the coarser map upsampled and cropped to the finer one (ceil sizes)
-            maps[finer] = maps[finer] + _crop(
-                upsampled, _spatial(maps[finer], self.data_format), self.data_format
-            )
+            maps[finer] = maps[finer] + _crop(upsampled, _spatial(maps[finer], INSIDE), INSIDE)
         outputs = {k: _run(self.fpn_convs[k], maps[k], training) for k in self.levels[:-1]}
         outputs[self.levels[-1]] = maps[self.levels[-1]]
         finest = self.levels[0]
-        size = _spatial(outputs[finest], self.data_format)
+        size = _spatial(outputs[finest], INSIDE)
         fused = []
         for k in self.levels:
             factor = 2 ** (int(k[1:]) - int(finest[1:]))
-            x = _upsample(outputs[k], factor, "bilinear", self.data_format)
-            fused.append(_crop(x, size, self.data_format))  # (B, h2, w2, channels)
-        x = ops.concatenate(fused, axis=axis)  # (B, h2, w2, levels * channels)
+            x = _upsample(outputs[k], factor, "bilinear", INSIDE)
+            fused.append(_crop(x, size, INSIDE))  # (B, h2, w2, channels)
+        x = ops.concatenate(fused, axis=-1)  # (B, h2, w2, levels * channels)
         x = _run(self.fpn_bottleneck, x, training)
         x = self.drop(x, training=training)
-        return self.classifier(x)  # (B, h2, w2, num_classes)
+        logits = self.classifier(x)  # (B, h2, w2, num_classes)
+        return to_outside(logits, self.data_format)
 
     def compute_output_shape(self, input_shape):
         finest = input_shape[self.levels[0]]
-        return _with_channels(finest, self.num_classes, self.data_format)
+        return with_channels(finest, self.num_classes, self.data_format)
 
     def get_config(self):
         return {
@@ -412,27 +402,26 @@ class AuxiliaryFCNHead(layers.Layer):
         self.factor = factor
         self.activation = activation
         self.data_format = resolve_data_format(data_format)
-        self.conv = _conv_norm(channels, 3, "conv", self.data_format)
-        self.drop = layers.SpatialDropout2D(dropout, data_format=self.data_format, name="dropout")
-        self.classifier = layers.Conv2D(
-            num_classes, 1, data_format=self.data_format, name="classifier"
-        )
-        self.upsample = UpsampleLike(factor, data_format=self.data_format, name="upsample")
+        # Everything runs channels-last inside (keras_sepvit.tasks.layout).
+        self.conv = _conv_norm(channels, 3, "conv", INSIDE)
+        self.drop = layers.SpatialDropout2D(dropout, data_format=INSIDE, name="dropout")
+        self.classifier = layers.Conv2D(num_classes, 1, data_format=INSIDE, name="classifier")
+        self.upsample = UpsampleLike(factor, data_format=INSIDE, name="upsample")
         self._kept = threading.local()
 
     def build(self, input_shape):
-        shape = _build(self.conv, input_shape[1])
+        shape = _build(self.conv, shape_inside(input_shape[1], self.data_format))
         self.classifier.build(shape)
 
     def logits(self, features, reference, training=None):
         """`features` (B, h, w, C) -> (B, H, W, num_classes) at `reference`'s size."""
+        features, reference = to_inside([features, reference], self.data_format)
         x = _run(self.conv, features, training)
         x = self.classifier(self.drop(x, training=training))  # (B, h, w, num_classes)
         x = self.upsample([x, reference])  # (B, H, W, num_classes)
         if self.activation == "softmax":
-            axis = -1 if self.data_format == "channels_last" else 1
-            x = ops.softmax(ops.cast(x, "float32"), axis=axis)
-        return x
+            x = ops.softmax(ops.cast(x, "float32"), axis=-1)
+        return to_outside(x, self.data_format)
 
     def take_logits(self):
         """The logits of this thread's last training call, once (then None)."""
