@@ -18,6 +18,8 @@ One file per job:
 - `errors`: `TrainingError` and its kinds.
 - `cli`: what the training scripts share: `--out/--resume/--overwrite/
   --allow-changed-settings`, `epoch_steps`, `exit_on_error`.
+- `build_optimizer` (from `keras_sepvit.optimizer_build`): builds a compiled
+  model's optimizer before `fit` traces the train step (one trace, not two).
 
 Distribution, by backend (`distribution_scope` picks it): TensorFlow uses
 `MultiWorkerMirroredStrategy` when a cluster is configured (`TF_CONFIG`, or a
@@ -29,6 +31,7 @@ process 0) commits checkpoints; the other workers make the same calls into a
 temporary folder that is deleted, so collective reads stay in step.
 """
 
+from keras_sepvit.optimizer_build import build_optimizer
 from keras_sepvit.training.checkpoints import (
     BEST,
     CHECKPOINT,
@@ -103,6 +106,7 @@ from keras_sepvit.training.settings import (
 )
 
 __all__ = [
+    "build_optimizer",
     "AdamW",
     "AtomicCheckpoint",
     "BASE_BATCH_SIZE",
