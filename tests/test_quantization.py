@@ -17,7 +17,7 @@ import tensorflow as tf
 from test_quiet_output import DENY, _run
 
 import keras_sepvit
-from keras_sepvit import export
+from keras_sepvit import export, training
 from keras_sepvit.export import qat, tflite_quantization
 
 # The main job's export formats checked here: those with bars, and those whose
@@ -173,6 +173,7 @@ def test_quantize_model_inserts_tfmot_fake_quant_and_keeps_the_float_model(digit
     # Other images than the calibration's: on those, the first step's batch
     # range can equal the calibrated one to the last bit (a CI run saw it).
     qat_model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="categorical_crossentropy")
+    training.build_optimizer(qat_model)  # one trace of the train step
     low = layers[0].output_min.numpy()
     others = np.asarray(
         tf.image.resize(np.random.default_rng(2).uniform(0, 255, (8, 8, 8, 3)), (32, 32))
