@@ -21,7 +21,6 @@ import numpy as np
 
 from keras_sepvit.data.digit_scenes import NUM_CLASSES, instance_masks, pad_boxes
 from keras_sepvit.demos.backbones import build_backbone
-from keras_sepvit.optimizer_build import build_optimizer
 from keras_sepvit.preprocessing import normalize_images
 
 # The demo's Mask R-CNN: mmdet's layout at a quarter of its width, and the
@@ -114,7 +113,6 @@ def train_and_evaluate(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay, global_clipnorm=5.0)
     )
     targets = instance_targets(train_scenes)
-    build_optimizer(model)  # one trace of the train step, not two
     start = time.perf_counter()
     history = model.fit(
         normalize_images(images),

@@ -25,7 +25,6 @@ import numpy as np
 from keras_sepvit.data import digit_scenes
 from keras_sepvit.data.segmentation import DIGIT_SCENES
 from keras_sepvit.demos.backbones import build_backbone
-from keras_sepvit.optimizer_build import build_optimizer
 from keras_sepvit.preprocessing import normalize_images
 from keras_sepvit.tasks.segmentation_losses import mean_iou, segmentation_loss
 from keras_sepvit.tasks.semantic_fpn import SemanticFPNSegmenter
@@ -134,7 +133,6 @@ def train_and_evaluate(
         .batch(batch_size, drop_remainder=True)
         .prefetch(2)
     )
-    build_optimizer(model)  # one trace of the train step, not two
     start = time.perf_counter()
     epochs = 10
     model.fit(

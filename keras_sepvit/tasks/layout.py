@@ -16,24 +16,23 @@ from keras import ops
 INSIDE = "channels_last"
 
 
+def _transpose(x, axes):
+    """`x` transposed by `axes`: a map, or every map of a dict / list."""
+    if isinstance(x, dict):
+        return {k: _transpose(v, axes) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_transpose(v, axes) for v in x]
+    return ops.transpose(x, axes)
+
+
 def to_inside(x, data_format):
     """A (B, C, H, W) map, or a dict / list of them, to (B, H, W, C) under channels_first."""
-    if data_format == INSIDE:
-        return x
-    if isinstance(x, dict):
-        return {k: to_inside(v, data_format) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_inside(v, data_format) for v in x]
-    return ops.transpose(x, (0, 2, 3, 1))  # (B, C, H, W) -> (B, H, W, C)
+    return x if data_format == INSIDE else _transpose(x, (0, 2, 3, 1))
 
 
 def to_outside(x, data_format):
-    """A (B, H, W, C) map, or a dict of them, back to (B, C, H, W) under channels_first."""
-    if data_format == INSIDE:
-        return x
-    if isinstance(x, dict):
-        return {k: to_outside(v, data_format) for k, v in x.items()}
-    return ops.transpose(x, (0, 3, 1, 2))  # (B, H, W, C) -> (B, C, H, W)
+    """A (B, H, W, C) map, or a dict / list of them, back to (B, C, H, W) under channels_first."""
+    return x if data_format == INSIDE else _transpose(x, (0, 3, 1, 2))
 
 
 def shape_inside(shape, data_format):

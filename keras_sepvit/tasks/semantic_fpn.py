@@ -297,9 +297,7 @@ class SemanticFPNHead(layers.Layer):
         return to_outside(self.classifier(output), self.data_format)  # (B, h2, w2, num_classes)
 
     def compute_output_shape(self, input_shape):
-        shape = list(input_shape[self.levels[0]])
-        shape[-1 if self.data_format == "channels_last" else 1] = self.num_classes
-        return tuple(shape)
+        return with_channels(input_shape[self.levels[0]], self.num_classes, self.data_format)
 
     def get_config(self):
         return {

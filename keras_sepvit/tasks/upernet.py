@@ -164,18 +164,18 @@ def resize_bilinear(x, size, data_format=None):
     return _apply_along_axes(x, rows, columns, data_format)
 
 
-def _conv_norm(channels, kernel_size, name, data_format):
-    """An mmseg `ConvModule` (conv without bias, BatchNorm; ReLU in `_run`)."""
-    axis = -1 if data_format == "channels_last" else 1
+def _conv_norm(channels, kernel_size, name):
+    """An mmseg `ConvModule` (conv without bias, BatchNorm; ReLU in `_run`), channels-last
+    (the heads run channels-last inside, keras_sepvit.tasks.layout)."""
     conv = layers.Conv2D(
         channels,
         kernel_size,
         padding="same",
         use_bias=False,
-        data_format=data_format,
+        data_format=INSIDE,
         name=f"{name}_conv",
     )
-    norm = layers.BatchNormalization(axis=axis, momentum=0.9, epsilon=1e-5, name=f"{name}_bn")
+    norm = layers.BatchNormalization(axis=-1, momentum=0.9, epsilon=1e-5, name=f"{name}_bn")
     return conv, norm
 
 
@@ -217,8 +217,8 @@ class PyramidPoolingModule(layers.Layer):
         self.pool_scales = _check_pool_scales(pool_scales)
         self.data_format = resolve_data_format(data_format)
         # Convolutions run channels-last inside (keras_sepvit.tasks.layout).
-        self.branches = [_conv_norm(channels, 1, f"pool{s}", INSIDE) for s in self.pool_scales]
-        self.bottleneck = _conv_norm(channels, 3, "bottleneck", INSIDE)
+        self.branches = [_conv_norm(channels, 1, f"pool{s}") for s in self.pool_scales]
+        self.bottleneck = _conv_norm(channels, 3, "bottleneck")
 
     def build(self, input_shape):
         input_shape = shape_inside(input_shape, self.data_format)  # (B, H, W, C)
@@ -293,9 +293,9 @@ class UperNetHead(layers.Layer):
         # Everything runs channels-last inside (keras_sepvit.tasks.layout).
         self.ppm = PyramidPoolingModule(channels, self.pool_scales, INSIDE, name="ppm")
         upper = self.levels[:-1]
-        self.laterals = {k: _conv_norm(channels, 1, f"lateral_{k}", INSIDE) for k in upper}
-        self.fpn_convs = {k: _conv_norm(channels, 3, f"fpn_{k}", INSIDE) for k in upper}
-        self.fpn_bottleneck = _conv_norm(channels, 3, "fpn_bottleneck", INSIDE)
+        self.laterals = {k: _conv_norm(channels, 1, f"lateral_{k}") for k in upper}
+        self.fpn_convs = {k: _conv_norm(channels, 3, f"fpn_{k}") for k in upper}
+        self.fpn_bottleneck = _conv_norm(channels, 3, "fpn_bottleneck")
         self.drop = layers.SpatialDropout2D(dropout, data_format=INSIDE, name="dropout")
         self.classifier = layers.Conv2D(num_classes, 1, data_format=INSIDE, name="classifier")
 
@@ -403,7 +403,7 @@ class AuxiliaryFCNHead(layers.Layer):
         self.activation = activation
         self.data_format = resolve_data_format(data_format)
         # Everything runs channels-last inside (keras_sepvit.tasks.layout).
-        self.conv = _conv_norm(channels, 3, "conv", INSIDE)
+        self.conv = _conv_norm(channels, 3, "conv")
         self.drop = layers.SpatialDropout2D(dropout, data_format=INSIDE, name="dropout")
         self.classifier = layers.Conv2D(num_classes, 1, data_format=INSIDE, name="classifier")
         self.upsample = UpsampleLike(factor, data_format=INSIDE, name="upsample")
