@@ -120,7 +120,9 @@ def test_readme_test_commands_are_the_ci_commands():
     default = [line for line in commands if 'pip install -e ".[test]"' in line]
     assert len(default) == 1, f"the README should show one test set-up command: {default}"
     readme = _steps(default)
-    assert readme[-1] == ["pytest"], f"the default tier is a plain pytest: {default[0]}"
+    # The fast tier (no --full), in CI's two processes.
+    fast = ["pytest", "-n", "2", "--dist", "loadfile"]
+    assert readme[-1] == fast, f"the default tier is {' '.join(fast)}: {default[0]}"
     assert readme[:-1] == ci_setup, f"README: {default[0]}\n.ci/run: {ci_lines}"
 
     full, args = [], iter(ci_pytest[0])
