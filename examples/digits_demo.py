@@ -164,12 +164,8 @@ def main(argv=None):
             label_smoothing=0.1,
             resume=args.resume,
             overwrite=args.overwrite,
-            # The measured default per backend (training.JIT_COMPILE): XLA
-            # off on TensorFlow (and no torch.compile on PyTorch). On a
-            # Sapphire Rapids Xeon the whole demo took 296 s without XLA
-            # against 315 s with it (XLA's compile: first epoch 51 s against
-            # 30), held-out 0.9889 and 0.9806 (docs/training.md).
-            jit_compile=training.default_jit_compile(),
+            # jit_compile: fit's default, the backend's measured one (XLA off
+            # on TensorFlow; docs/training.md has the A/B).
             tensorboard=False,
             verbose=2,
         )

@@ -9,7 +9,7 @@ from keras import ops
 
 import keras_sepvit
 from keras_sepvit import layers as sepvit_layers
-from keras_sepvit.inference import ConstantPadding2D
+from keras_sepvit.inference import ConstantPadding2D, SpaceToDepth
 from keras_sepvit.layers import (
     ChannelsLastRescaling,
     DropPath,
@@ -119,6 +119,11 @@ LAYER_CASES = {
         lambda: (_rand(2, 5, 6, 3),),
         {},
     ),
+    "space_to_depth": (  # keras_sepvit.inference: the int8 file's stem
+        lambda: SpaceToDepth(2),
+        lambda: (_rand(2, 4, 6, 3),),
+        {},
+    ),
 }
 
 
@@ -145,6 +150,21 @@ def test_layer_serialization_round_trip(case):
             ops.convert_to_numpy(copy(*inputs, **kwargs)), expected, rtol=1e-6, atol=1e-6
         )
     assert tuple(layer.compute_output_shape(*[_shape(i) for i in inputs])) == expected.shape
+
+
+def test_space_to_depth_is_tensorflows_order():
+    import tensorflow as tf
+
+    x = _rand(2, 8, 12, 3)
+    for block in (2, 4):
+        np.testing.assert_array_equal(
+            ops.convert_to_numpy(SpaceToDepth(block)(x)), tf.nn.space_to_depth(x, block).numpy()
+        )
+    with pytest.raises(ValueError, match=r"divisible by 4.*\(2, 6, 12, 3\)"):
+        SpaceToDepth(4)(_rand(2, 6, 12, 3))
+    for bad in (1, 2.0, True):
+        with pytest.raises(ValueError, match=f"block_size={bad!r}"):
+            SpaceToDepth(bad)
 
 
 def test_layer_norm_equals_keras_layer_normalization():

@@ -119,8 +119,11 @@ def test_int8_int16x8_and_qat_meet_the_bars_on_digits(main_job):
     products = [op for op in ops if op["op_name"] in ("FULLY_CONNECTED", "BATCH_MATMUL")]
     products = [op for op in products if tensors[op["outputs"][0]]["name"] not in weighted]
     assert products and all(tensors[op["inputs"][1]]["dtype"] == np.int8 for op in products)
-    convolutions = [tensors[op["inputs"][1]]["dtype"] for op in ops if op["op_name"] == "CONV_2D"]
-    assert convolutions[1:] == [np.int8] * 3 and convolutions[0] == np.float32  # float stem
+    convolutions = [op for op in ops if op["op_name"] == "CONV_2D"]
+    assert [tensors[op["inputs"][1]]["dtype"] for op in convolutions] == [np.int8] * 4
+    # The int8 stem (space-to-depth) reads the digits' pixels exactly: scale 1.
+    pixels = tensors[convolutions[0]["inputs"][0]]["quantization_parameters"]
+    assert tuple(pixels["scales"]) == (1.0,) and tuple(pixels["zero_points"]) == (-128,), pixels
     int16 = export.TFLiteRunner(by_format["tflite int16x8"]["file"])
     assert int16.input["dtype"] == np.float32  # int16x8 files keep float32 I/O
     details = int16.interpreter.get_tensor_details()

@@ -74,9 +74,18 @@ def test_int8_file_for_xnnpack(lite_with_preprocessing, reference_io, tmp_path):
         for index in op["inputs"]:  # q k^T: int8 with zero point 0, XNNPACK's condition
             assert tensors[index]["dtype"] == np.int8
             assert not tensors[index]["quantization_parameters"]["zero_points"].any()
-    products = [op for op in ops if op["op_name"] in ("FULLY_CONNECTED", "DEPTHWISE_CONV_2D")]
+    products = [
+        op for op in ops if op["op_name"] in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+    ]
     weights = [tensors[op["inputs"][1]]["dtype"] for op in products]
     assert weights and all(dtype == np.int8 for dtype in weights)
+    # The stem in int8: space-to-depth, then a 2x2 convolution over 48
+    # channels, its pixels asymmetric with a range that holds [0, 255].
+    stem = next(op for op in ops if op["op_name"] == "CONV_2D")
+    assert tuple(tensors[stem["inputs"][1]]["shape"]) == (32, 2, 2, 48)
+    pixels = tensors[stem["inputs"][0]]["quantization_parameters"]
+    (scale,), (zero,) = pixels["scales"], pixels["zero_points"]
+    assert scale * (-128 - zero) <= 0.0 and scale * (127 - zero) >= 255.0, (scale, zero)
     kinds = {op["op_name"] for op in ops}
     assert {"SOFTMAX", "GELU", "RSQRT"} <= kinds  # float32 in XNNPACK, by design
     # Window attention as exp(scores) @ v / sum, no max pass: the 11 DWA
@@ -121,6 +130,16 @@ def test_inference_model_folds_exactly_and_leaves_the_source_alone():
     np.testing.assert_allclose(
         copy.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5
     )
+    # The int8 file's stem: space-to-depth and a 2x2 convolution, the same sums.
+    s2d = inference.inference_model(model, batch_size=None, space_to_depth_stem=True)
+    assert inference.space_to_depth_stem_names(s2d) == [
+        "stage1_embed_meanpad_s2d", "stage1_embed_space_to_depth", "stage1_embed_conv_s2d"
+    ] and inference.stem_names(s2d) == []  # fmt: skip
+    assert s2d.get_layer("stage1_embed_conv_s2d").kernel.shape == (2, 2, 48, 32)
+    np.testing.assert_allclose(
+        s2d.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5
+    )
+    assert inference.space_to_depth_stem_names(copy) == []
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
     attention = [
@@ -179,10 +198,14 @@ def test_int8_attention_without_max_pass_only_for_bounded_scores(monkeypatch, tm
         softmax = export.to_tflite(model, str(tmp_path / "softmax.tflite"), "int8", images,
                                    images[:2], min_agreement=0)  # fmt: skip
     assert not _exp_of_scores(softmax)
-    # Softmax's numbers to rounding; a rounding can move a later int8 value by a step.
+    # Softmax's numbers to rounding; a rounding can move a later int8 value by
+    # a step, and with it an image's logits (measured: 3 of 16 images here
+    # with the int8 stem, 83% of the logits equal to 1e-4; 91% with a float
+    # stem), each by at most a few hundredths of the largest logit.
     got, want = export.TFLiteRunner(fast)(images), export.TFLiteRunner(softmax)(images)
     close = np.abs(got - want) <= 1e-4 * np.abs(want).max()
-    assert close.mean() >= 0.9 and (got.argmax(-1) == want.argmax(-1)).all(), close.mean()
+    assert close.mean() >= 0.75 and (got.argmax(-1) == want.argmax(-1)).all(), close.mean()
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
 
     scaled = export.to_tflite(_tiny_lite(300.0), str(tmp_path / "scaled.tflite"), "int8",
                               images, images[:2], min_agreement=0)  # fmt: skip

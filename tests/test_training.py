@@ -109,6 +109,20 @@ SMOKE = [
 ]  # fmt: skip
 
 
+def test_fit_auto_jit_compile_is_the_measured_default(tmp_path, monkeypatch):
+    # training.fit's "auto" is the project's measured table, not Keras' own
+    # "auto" (XLA on for TensorFlow with a GPU, off on a CPU-only machine):
+    # flipped to True here, a CPU-only Keras "auto" would give False.
+    monkeypatch.setitem(training.distribution.JIT_COMPILE, keras.backend.backend(), True)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    y = np.eye(2, dtype="float32")[np.arange(8) % 2]
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    training.fit(model, keras.optimizers.SGD(0.1), ds, ds, 1, str(tmp_path / "run"),
+                 tensorboard=False, verbose=0)  # fmt: skip
+    assert model.jit_compile is True
+
+
 @pytest.mark.slow
 def test_train_imagenet_on_mock_imagenet_full_augmentation(tmp_path, load_script):
     import tensorflow_datasets as tfds

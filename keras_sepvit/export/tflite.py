@@ -303,6 +303,8 @@ def _quantize(source, model, quantization, images, tmp):
             images,
             head_names=_head_layer_names(model),
             stem_names=inference.stem_names(source),
+            asymmetric_names=inference.space_to_depth_stem_names(source),
+            pixel_names=inference.space_to_depth_stem_names(source)[:2],  # pad, rearrange
             float_tensors=(
                 dense_quantization.output_tail_names(tmp + ".float")
                 if dense_quantization.is_dense(model)
@@ -312,8 +314,9 @@ def _quantize(source, model, quantization, images, tmp):
 
 
 def _source(model, quantization, representative_data, batch_size, bounded=True):
-    """The model to convert (`inference.inference_model`; "int8" with
-    exp-then-normalise attention unless `bounded` is False) and the checked
+    """The model to convert (`inference.inference_model`; "int8" with a
+    space-to-depth stem, and exp-then-normalise attention unless `bounded`
+    is False) and the checked
     calibration images (None unless calibrated and given)."""
     signatures.static_input_shape(model)
     if quantization == "int16x8":
@@ -329,6 +332,7 @@ def _source(model, quantization, representative_data, batch_size, bounded=True):
         batch_size,
         fold=not signatures.is_keras_hub(model),
         bounded_scores=bounded and quantization == "int8",
+        space_to_depth_stem=quantization == "int8",
     )
     if signatures.output_keys(model) is not None:  # named outputs in the file
         source = signatures.named_outputs(source, batch_size)

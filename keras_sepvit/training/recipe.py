@@ -11,7 +11,7 @@ convs, linear warm-up (5 epochs, 20 for B) then cosine decay, label smoothing
 import keras
 
 from keras_sepvit.layers import PositionEncoding, WindowTokens
-from keras_sepvit.training.distribution import AdamW, replicas
+from keras_sepvit.training.distribution import AdamW, default_jit_compile, replicas
 from keras_sepvit.training.runs import (
     prepare_run,
     refuse_existing_run,
@@ -114,6 +114,10 @@ def fit(
     refused unless `resume=True` or `overwrite=True` (which deletes that run's
     checkpoints and logs first). Returns `(history, initial_epoch)`.
 
+    `jit_compile="auto"` is the backend's measured default
+    (`default_jit_compile()`: XLA off on TensorFlow, no torch.compile on
+    PyTorch, jit on JAX), not Keras' own "auto" (XLA on for TensorFlow).
+
     In a cluster (TensorFlow multi-worker, JAX multi-host), call it on every
     worker with the same shared `directory`: the chief alone deletes, writes
     and commits; every worker restores from it. The chief holds the folder's
@@ -130,6 +134,8 @@ def fit(
     # The chief holds the run folder's lock (`runs.check_run` may have taken it already).
     with run_lock(directory):
         refuse_existing_run(directory, resume, overwrite)  # before compiling
+        if jit_compile == "auto":
+            jit_compile = default_jit_compile()
         model.compile(
             optimizer,
             keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
