@@ -182,6 +182,27 @@ def _exp_of_scores(path):
 
 
 @pytest.mark.slow
+def test_int8_stem_clips_no_pixel_the_calibration_missed(tmp_path):
+    """Calibrated on mid-grey images only, the int8 stem's pixels still span
+    [0, 255] (a camera's black and white are not clipped), and the file
+    agrees with Keras on images that use that whole range."""
+    rng = np.random.default_rng(0)
+    grey = rng.uniform(96, 160, (8, 32, 32, 3)).astype("float32")
+    model = _tiny_lite(1.0)
+    path = export.to_tflite(model, str(tmp_path / "grey.tflite"), "int8", grey, grey[:2],
+                            min_agreement=0)  # fmt: skip
+    runner = export.TFLiteRunner(path)
+    tensors = runner.interpreter.get_tensor_details()
+    stem = next(op for op in runner.interpreter._get_ops_details() if op["op_name"] == "CONV_2D")
+    pixels = tensors[stem["inputs"][0]]["quantization_parameters"]
+    assert tuple(pixels["scales"]) == (1.0,) and tuple(pixels["zero_points"]) == (-128,), pixels
+    full = np.concatenate([np.zeros((1, 32, 32, 3)), np.full((1, 32, 32, 3), 255.0)])
+    full = np.concatenate([full, rng.uniform(0, 255, (2, 32, 32, 3))]).astype("float32")
+    expected = model.predict(full, verbose=0)
+    assert np.abs(runner(full) - expected).max() < 0.25 * np.abs(expected).max()
+
+
+@pytest.mark.slow
 def test_int8_attention_without_max_pass_only_for_bounded_scores(monkeypatch, tmp_path):
     """The "int8" file drops softmax's max pass (exp, then normalise after the
     product) where the calibrated scores stay within +-80, with softmax's

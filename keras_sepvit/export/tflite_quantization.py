@@ -42,7 +42,7 @@ The `"int8"` recipe (chosen by measurement; README "Edge export"):
   convolution over 3 input channels took 0.46 ms against 0.22 ms in
   float32; the 2x2 one over 48 channels 0.08 ms (one-op models,
   `benchmarks/tflite_profile.py`), and the whole SepViT-Lite file ran about
-  5% faster than with the float stem (1 thread, 224, Sapphire Rapids Xeon);
+  4% faster than with the float stem (1 thread, 224, Sapphire Rapids Xeon);
 - the classifier head (top-level Dense layers) dynamic-range (int8 weights,
   activations quantized at run time): a calibrated output range clipped the
   logits.
