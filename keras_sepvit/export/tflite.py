@@ -297,14 +297,15 @@ def _quantize(source, model, quantization, images, tmp):
                 tmp + ".float", tmp, stem_names=inference.stem_names(source)
             )
             return
+        pixel_stem = inference.space_to_depth_stem_names(source)  # [pad, rearrange, conv]
         tflite_quantization.quantize_int8_xnnpack(
             tmp + ".float",
             tmp,
             images,
             head_names=_head_layer_names(model),
             stem_names=inference.stem_names(source),
-            asymmetric_names=inference.space_to_depth_stem_names(source),
-            pixel_names=inference.space_to_depth_stem_names(source)[:2],  # pad, rearrange
+            asymmetric_names=pixel_stem,
+            pixel_names=pixel_stem[:-1],  # what moves raw pixels: all but the convolution
             float_tensors=(
                 dense_quantization.output_tail_names(tmp + ".float")
                 if dense_quantization.is_dense(model)

@@ -88,16 +88,19 @@ INT8_DATA_MOVEMENT_OPS = ("TRANSPOSE", "RESHAPE", "CONCATENATION", "PAD", "STRID
 
 
 def _signature(float_path):
+    """(signature key, its input's name, the input tensor's name) of a
+    one-signature, one-input .tflite file."""
     from ai_edge_litert.interpreter import Interpreter
 
-    signatures = Interpreter(model_path=float_path).get_signature_list()
+    interpreter = Interpreter(model_path=float_path)
+    signatures = interpreter.get_signature_list()
     if len(signatures) != 1:
         raise ValueError(f"Expected one signature in {float_path}. Received: {list(signatures)}")
     key = next(iter(signatures))
     inputs = signatures[key]["inputs"]
     if len(inputs) != 1:
         raise ValueError(f"Expected one input in {float_path}. Received: {inputs}")
-    return key, inputs[0]
+    return key, inputs[0], interpreter.get_input_details()[0]["name"]
 
 
 def _write(quantizer, calibration, out_path):
@@ -239,23 +242,17 @@ def quantize_int8_xnnpack(
                 op_name[op],
                 algorithm_key=AlgorithmName.NO_QUANTIZE,
             )
-    key, input_name = _signature(float_path)
+    key, input_name, input_tensor = _signature(float_path)
     images = np.asarray(images, "float32")
     with _quiet():  # a progress bar and a debugging-mode warning per call
         calibration = q.calibrate({key: [{input_name: image[None]} for image in images]})
     if pixel_names:
-        _widen_to_pixels(calibration, _input_tensor(float_path), _regex(pixel_names))
+        _widen_to_pixels(calibration, input_tensor, _regex(pixel_names))
     return _write(q, calibration, out_path)
 
 
 # Raw pixels, what a model that normalises inside takes (`checks.calibration_images`).
 PIXEL_RANGE = (0.0, 255.0)
-
-
-def _input_tensor(float_path):
-    from ai_edge_litert.interpreter import Interpreter
-
-    return Interpreter(model_path=float_path).get_input_details()[0]["name"]
 
 
 def _widen_to_pixels(calibration, input_tensor, pattern):
