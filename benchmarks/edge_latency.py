@@ -1,6 +1,7 @@
 """Edge latency: SepViT-Lite's TFLite modes vs MobileNetV2 and EfficientNetB0, same run.
 
     python benchmarks/edge_latency.py [--size 224] [--runs 50] [--order back-to-back] [--quick]
+    python benchmarks/edge_latency.py --threads 1 --without-amx   # as a CPU without AMX would
 
 Every file is written by `keras_sepvit.export.to_tflite` (static batch 1):
 SepViT-Lite as float32, dynamic, int8 (the XNNPACK recipe) and int8-full;
@@ -42,6 +43,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from keras_sepvit.export import amx
 
 SEPVIT_MODES = ("float32", "dynamic", "int8", "int8-full")
 PEER_MODES = ("float32", "int8-full")
@@ -101,8 +104,10 @@ def main(argv=None):
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     p.add_argument("--peers", default="MobileNetV2,EfficientNetB0")
     p.add_argument("--quick", action="store_true", help="tiny settings (test suite)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--out", help="results folder (default benchmarks/results)")
+    amx.add_benchmark_flag(p)
     args = p.parse_args(argv)
+    out = amx.apply_benchmark_flag(args, os.path.join(os.path.dirname(__file__), "results"))
     if args.quick:
         args.size, args.runs, args.calibration, args.peers = 64, 2, 2, "MobileNetV2"
     threads = [int(t) for t in args.threads.split(",")]
@@ -163,7 +168,7 @@ def main(argv=None):
     table = "\n".join(lines)
     print(table)
     if not args.quick and args.order == "interleaved":
-        _save(args.out, table, results, threads)
+        _save(out, table, results, threads)
     return {"latency_ms": results, "delegation": delegation, "ratios": ratios}
 
 

@@ -1,7 +1,7 @@
 """ONNX Runtime latency: SepViT vs the paper's transformer peers, same run.
 
     pip install torch==2.13.0 transformers     # the peers' definitions
-    python benchmarks/onnx_latency.py [--size 224] [--runs 30] [--quick]
+    python benchmarks/onnx_latency.py [--size 224] [--runs 30] [--quick] [--without-amx]
 
 SepViT-Lite vs PVTv2-b0 (the paper's Lite comparator, Table 8) and SepViT-T
 vs Swin-T and PVTv2-b2. SepViT is exported with `keras_sepvit.export.to_onnx`
@@ -160,13 +160,22 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--runs", type=int, default=30, help="timed runs (median)")
     p.add_argument("--quick", action="store_true", help="tiny settings (test suite)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--out", help="results folder (default benchmarks/results)")
+    # Not amx.add_benchmark_flag: importing keras_sepvit imports TensorFlow,
+    # which the PyTorch export child must not (the module docstring).
+    p.add_argument("--without-amx", action="store_true",
+                   help="deny this run AMX tiles (keras_sepvit.export.amx); results go to "
+                   "an amx-denied/ folder unless --out is given")  # fmt: skip
     p.add_argument("--export", choices=["sepvit", "peers"], help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--names", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.export:  # child process: export and exit
         return _child_export(args.export, args.names, args.size, args.folder)
+    from keras_sepvit.export import amx
+
+    # The export children inherit the denial (seccomp filters are inherited).
+    out = amx.apply_benchmark_flag(args, os.path.join(os.path.dirname(__file__), "results"))
     pairs = PAIRS
     if args.quick:
         args.size, args.runs, pairs = 64, 2, {"SepViT-Lite": ("PVTv2-b0",)}
@@ -238,7 +247,7 @@ def main(argv=None):
     table = "\n".join(lines)
     print(table)
     if not args.quick:
-        _save(args.out, table, results, sepvits + peers)
+        _save(out, table, results, sepvits + peers)
     return {"latency_ms": results, "profiles": profiles}
 
 

@@ -1,6 +1,7 @@
 """Per-op profile of a .tflite file under LiteRT's XNNPACK delegate.
 
     python benchmarks/tflite_profile.py model.tflite [--runs 30] [--top 15] [--threads 1]
+    python benchmarks/tflite_profile.py model.tflite --without-amx   # as a CPU without AMX would
     python benchmarks/tflite_profile.py --quick      # tiny SepViT-Lite, float32 and dynamic
 
 Prints where the time goes (per op type and the slowest ops) and what XNNPACK
@@ -12,6 +13,7 @@ import argparse
 import os
 import tempfile
 
+from keras_sepvit.export import amx
 from keras_sepvit.export.profiling import CLOCKS, profile, report
 
 
@@ -42,7 +44,9 @@ def main(argv=None):
                    help="cpu (thread CPU time; default for 1 thread) or wall")  # fmt: skip
     p.add_argument("--quick", action="store_true",
                    help="profile a tiny SepViT-Lite, float32 and dynamic (test suite)")  # fmt: skip
+    amx.add_benchmark_flag(p)
     args = p.parse_args(argv)
+    amx.apply_benchmark_flag(args)
     if args.quick:
         return _quick(min(args.runs, 3), min(args.top, 5), args.threads, args.clock)
     if not args.path:

@@ -535,7 +535,11 @@ def machine_description(packages=()):
             versions.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
             continue
+    from keras_sepvit.export import amx
+
+    # A run that denied itself AMX times the CPU as one without it would run.
+    denied = "; AMX denied to this process (--without-amx)" if amx.amx_denied() else ""
     return (
-        f"CPU: {cpu_description()}, {usable} of {os.cpu_count()} cores usable; "
+        f"CPU: {cpu_description()}{denied}, {usable} of {os.cpu_count()} cores usable; "
         f"{datetime.date.today().isoformat()}; {', '.join(versions)}"
     )
