@@ -124,3 +124,21 @@ def test_tflite_profile_without_amx_says_so_in_its_header(tmp_path):
     else:
         assert "this CPU has no AMX, so there is nothing to deny" in result.stdout
     assert "| op type | count | ms | % | delegated |" in result.stdout
+
+
+@pytest.mark.slow
+def test_onnx_latency_without_amx_runs_its_export_children_under_the_denial():
+    """onnx_latency.py denies AMX after its argument parsing (its PyTorch
+    export child must not import keras_sepvit, hence TensorFlow); the children
+    inherit the filter and still export, and the table's header says so."""
+    script = os.path.join(ROOT, "benchmarks", "onnx_latency.py")
+    result = subprocess.run(
+        [sys.executable, script, "--quick", "--without-amx"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| SepViT-Lite / PVTv2-b0 |" in result.stdout  # both exports ran
+    if HAS_AMX:
+        assert "AMX denied to this process (--without-amx)" in result.stdout
+    else:
+        assert "this CPU has no AMX, so there is nothing to deny" in result.stdout
