@@ -102,8 +102,7 @@ def test_without_amx_results_go_to_their_own_folder(monkeypatch):
 def test_tflite_profile_without_amx_says_so_in_its_header(tmp_path):
     """The flag through a benchmark's command line: the profile's header says
     that AMX was denied (or, on a CPU without AMX, that there was nothing to
-    deny), and the results of a --without-amx run never land in the default
-    folder."""
+    deny)."""
     write = _python(
         f"""
         import keras_sepvit

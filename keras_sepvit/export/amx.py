@@ -154,6 +154,8 @@ def apply_benchmark_flag(args, results=None):
     """
     if args.without_amx and not deny_amx():
         print("--without-amx: this CPU has no AMX, so there is nothing to deny", flush=True)
-    if results is None or getattr(args, "out", None):
-        return getattr(args, "out", None) or results
-    return os.path.join(results, "amx-denied") if args.without_amx else results
+    if getattr(args, "out", None):
+        return args.out
+    if results is None or not args.without_amx:
+        return results
+    return os.path.join(results, "amx-denied")
